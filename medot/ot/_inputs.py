@@ -1,0 +1,131 @@
+"""Input checks and batching shared by the solvers.
+
+Every solver works on a leading batch dimension ``B``: an unbatched ``[N, M]`` problem is lifted to
+``[1, N, M]`` on the way in and squeezed back on the way out. Marginals default to uniform weights.
+Problems a user can cause (wrong shapes, negative weights, NaN costs, unequal masses) raise
+:class:`~medot.errors.OTError` with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from medot.errors import OTError
+
+Gradient = Literal["unrolled", "envelope"]
+"""How a solver differentiates: through its iterations, or by the envelope (Danskin) theorem."""
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def as_batch(matrix: Tensor, name: str) -> tuple[Tensor, bool]:
+    """Return ``matrix`` as ``[B, N, M]`` and whether it already had a batch dimension."""
+    if not isinstance(matrix, Tensor):
+        raise OTError(f"{name} must be a torch.Tensor, got {type(matrix).__name__}.")
+    if matrix.dtype not in SUPPORTED_DTYPES:
+        raise OTError(
+            f"{name} has dtype {matrix.dtype}; the OT solvers need float32 or float64 "
+            "(convert with .float() or .double())."
+        )
+    if matrix.ndim == 2:
+        return matrix.unsqueeze(0), False
+    if matrix.ndim == 3:
+        return matrix, True
+    raise OTError(f"{name} must have shape [N, M] or [B, N, M], got {tuple(matrix.shape)}.")
+
+
+def unbatch(tensor: Tensor, batched: bool) -> Tensor:
+    """Undo :func:`as_batch` on a solver output whose first dimension is the batch."""
+    return tensor if batched else tensor.squeeze(0)
+
+
+def check_finite(matrix: Tensor, name: str) -> None:
+    """Raise if ``matrix`` holds NaN or infinite entries (one reduction pass, no temporary)."""
+    low, high = torch.aminmax(matrix.detach())
+    if not (torch.isfinite(low) and torch.isfinite(high)):
+        raise OTError(f"{name} contains NaN or infinite values; check the features it was built from.")
+
+
+def check_epsilon(epsilon: float, name: str = "epsilon") -> float:
+    """Return ``epsilon`` as a float after checking it is a finite positive number."""
+    value = float(epsilon)
+    if not (value > 0.0 and value < float("inf")):
+        raise OTError(f"{name} must be a finite positive number, got {epsilon!r}.")
+    return value
+
+
+def check_iterations(max_iter: int, tol: float) -> None:
+    """Validate the stopping parameters shared by all solvers."""
+    if int(max_iter) < 1:
+        raise OTError(f"max_iter must be at least 1, got {max_iter!r}.")
+    if not float(tol) >= 0.0:
+        raise OTError(f"tol must be non-negative, got {tol!r}.")
+
+
+def marginal(weights: Tensor | None, like: Tensor, size: int, name: str) -> Tensor:
+    """Return the ``[B, size]`` histogram ``weights`` (uniform if ``None``) on ``like``'s device.
+
+    Weights may be unnormalised but must be finite, non-negative and have positive total mass.
+    A ``[size]`` vector is shared by every problem of the batch.
+    """
+    batch = like.shape[0]
+    if weights is None:
+        return torch.full((batch, size), 1.0 / size, dtype=like.dtype, device=like.device)
+    if not isinstance(weights, Tensor):
+        raise OTError(f"{name} must be a torch.Tensor or None, got {type(weights).__name__}.")
+    if weights.shape not in ((size,), (batch, size)):
+        raise OTError(
+            f"{name} must have shape [{size}] or [{batch}, {size}] to match the cost, "
+            f"got {tuple(weights.shape)}."
+        )
+    weights = weights.to(dtype=like.dtype, device=like.device).expand(batch, size)
+    detached = weights.detach()
+    if not bool(torch.isfinite(detached).all()) or bool((detached < 0).any()):
+        raise OTError(f"{name} must hold finite, non-negative weights.")
+    if bool((detached.sum(-1) <= 0).any()):
+        raise OTError(f"{name} has zero total mass in at least one problem; give it positive weights.")
+    return weights
+
+
+def mass_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance for comparing total masses: ``sqrt`` of the dtype's machine epsilon."""
+    return torch.finfo(dtype).eps ** 0.5
+
+
+def check_equal_mass(a: Tensor, b: Tensor) -> None:
+    """Balanced OT needs ``sum(a) == sum(b)`` (to :func:`mass_tolerance`) in every problem."""
+    mass_a, mass_b = a.detach().sum(-1), b.detach().sum(-1)
+    gap = (mass_a - mass_b).abs() / mass_a.clamp_min(torch.finfo(a.dtype).tiny)
+    if bool((gap > mass_tolerance(a.dtype)).any()):
+        worst = int(gap.argmax())
+        raise OTError(
+            f"balanced OT needs marginals of equal mass, but problem {worst} has "
+            f"sum(a)={float(mass_a[worst]):.6g} and sum(b)={float(mass_b[worst]):.6g}; "
+            "normalise both to 1 or use entropic_partial_wasserstein."
+        )
+
+
+def check_gradient_mode(gradient: str) -> None:
+    """Reject anything but the two documented gradient modes."""
+    if gradient not in ("unrolled", "envelope"):
+        raise OTError(f"gradient must be 'unrolled' or 'envelope', got {gradient!r}.")
+
+
+def needs_unrolled_graph(gradient: Gradient, *tensors: Tensor) -> bool:
+    """True when autograd must record the iterations: unrolled mode and some input needs grad."""
+    return (
+        gradient == "unrolled"
+        and torch.is_grad_enabled()
+        and any(t.requires_grad for t in tensors)
+    )
+
+
+def check_plan(plan_marginal_error: Tensor, solver: str, hint: str) -> None:
+    """Raise instead of returning a plan whose marginals came out non-finite."""
+    bad = ~torch.isfinite(plan_marginal_error)
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise OTError(f"{solver} produced a non-finite transport plan (problem {index}); {hint}")

@@ -1,0 +1,361 @@
+r"""Fused Gromov–Wasserstein: batched entropic solver (log-domain) and an exact POT wrapper.
+
+Problem (Vayer et al. 2019, Eq. 4, square loss; POT's
+``ot.gromov.entropic_fused_gromov_wasserstein`` with ``solver="PGD"``), for each problem of a batch,
+
+.. math::
+    \min_{\mathbf{T} \in U(\mathbf{p}, \mathbf{q})}
+    \underbrace{(1 - \alpha)\langle \mathbf{T}, \mathbf{M}\rangle_F
+    + \alpha \sum_{i,j,k,l} (\mathbf{C_1}_{ik} - \mathbf{C_2}_{jl})^2\, T_{ij} T_{kl}}_{
+    \mathcal{E}(\mathbf{T})}
+    + \varepsilon \sum_{ij} T_{ij}\log T_{ij},
+
+with features cost :math:`\mathbf{M}` ``[N, M]``, structure matrices :math:`\mathbf{C_1}` ``[N, N]``,
+:math:`\mathbf{C_2}` ``[M, M]`` and trade-off :math:`\alpha \in [0, 1]`. Projected mirror descent
+with step :math:`1/\varepsilon` (Peyré et al. 2016, Prop. 2) solves one entropic OT problem per
+outer iteration,
+
+.. math::
+    \mathbf{T}^{(k+1)} = \mathrm{Sinkhorn}_\varepsilon\big(\mathbf{p}, \mathbf{q},
+    (1-\alpha)\mathbf{M} + \alpha\,\nabla\mathcal{Q}(\mathbf{T}^{(k)})\big),\qquad
+    \nabla\mathcal{Q}(\mathbf{T}) = \mathbf{L}(\mathbf{C_1}, \mathbf{C_2}) \otimes \mathbf{T}
+    + \mathbf{L}(\mathbf{C_1}^\top, \mathbf{C_2}^\top) \otimes \mathbf{T},
+
+from :math:`\mathbf{T}^{(0)} = \mathbf{p}\mathbf{q}^\top`, where (Peyré et al. 2016, Prop. 1)
+:math:`\mathbf{L}(\mathbf{C_1}, \mathbf{C_2}) \otimes \mathbf{T} = \mathbf{C_1}^{\odot 2}
+\mathbf{p}\mathbf{1}^\top + \mathbf{1}\mathbf{q}^\top \mathbf{C_2}^{\odot 2\top}
+- 2\,\mathbf{C_1}\mathbf{T}\mathbf{C_2}^\top` (the two terms coincide for symmetric matrices).
+Its fixed points are the stationary points of the entropic objective above.
+
+**Difference from POT.** POT's inner solver is the multiplicative ``ot.sinkhorn``: with unscaled
+costs its Gibbs kernel :math:`e^{-\mathbf{G}/\varepsilon}` underflows (e.g. squared-Euclidean
+costs around 26 with :math:`\varepsilon = 0.1` in float32, or at :math:`\alpha = 0.5` even in
+float64) and POT then warns and returns an all-zero plan and a value of 0 with zero gradient.
+Here the inner solver is the log-domain :func:`medot.ot.sinkhorn.sinkhorn_iterations`,
+warm-started from the previous outer iteration's potentials, so the kernel is never formed and the
+problem is solved as posed, without rescaling. As a last guard the solver raises
+:class:`~medot.errors.OTError` if the final plan is non-finite or does not carry the mass of
+:math:`\mathbf{p}` (it never returns a silent zero).
+
+**Stopping.** Outer iterations stop per problem when
+:math:`\|\mathbf{T}^{(k+1)} - \mathbf{T}^{(k)}\|_1 \le` ``tol`` or after ``max_iter``; each inner
+Sinkhorn stops at column error ``inner_tol`` or ``inner_max_iter`` (see
+:mod:`medot.ot.sinkhorn`). ``marginal_error`` is :math:`\|\mathbf{T}\mathbf{1} - \mathbf{p}\|_1 +
+\|\mathbf{T}^\top\mathbf{1} - \mathbf{q}\|_1` of the returned plan.
+
+**Returned values and gradient.** ``value`` is :math:`\mathcal{E}(\mathbf{T}^\star)` (POT's
+``fgw_dist``; the quadratic term is evaluated with the plan's own marginals) and ``objective`` is
+:math:`\mathcal{E}(\mathbf{T}^\star) + \varepsilon\sum T^\star\log T^\star`. The iterations run
+without a graph; both outputs back-propagate the envelope (Danskin) gradient
+:math:`\partial\mathcal{E}/\partial(\mathbf{M}, \mathbf{C_1}, \mathbf{C_2})` at fixed
+:math:`\mathbf{T}^\star`: :math:`(1-\alpha)\mathbf{T}^\star`,
+:math:`2\alpha(\mathbf{C_1}\odot\mathbf{p}\mathbf{p}^\top - \mathbf{T}^\star\mathbf{C_2}
+\mathbf{T}^{\star\top})` and :math:`2\alpha(\mathbf{C_2}\odot\mathbf{q}\mathbf{q}^\top -
+\mathbf{T}^{\star\top}\mathbf{C_1}\mathbf{T}^\star)` for symmetric matrices, and on to whatever
+embeddings ``M``, ``C1``, ``C2`` were built from. At a stationary :math:`\mathbf{T}^\star` this is
+the exact gradient of ``objective`` (the constraint set does not depend on the inputs); for
+``value`` it omits the term :math:`-\varepsilon\,\mathrm{d}(\sum T\log T)`, i.e. it is the
+gradient with the plan held fixed, as in POT's ``fused_gromov_wasserstein2``. No gradient flows to
+``p`` or ``q``.
+
+References: G. Peyré, M. Cuturi, J. Solomon, *Gromov–Wasserstein averaging of kernel and distance
+matrices*, ICML 2016; T. Vayer, L. Chapel, R. Flamary, R. Tavenard, N. Courty, *Optimal transport
+for structured data with application on graphs*, ICML 2019.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ot
+import torch
+from torch import Tensor
+
+from medot.errors import OTError
+from medot.ot._inputs import (
+    as_batch,
+    check_epsilon,
+    check_equal_mass,
+    check_finite,
+    check_iterations,
+    check_plan,
+    marginal,
+    unbatch,
+)
+from medot.ot._kernels import batch_inner
+from medot.ot.sinkhorn import sinkhorn_iterations
+
+_MASS_GUARD = 1e-2
+"""Relative gap between the plan's mass and ``sum(p)`` beyond which the solve is declared failed."""
+
+
+@dataclass(frozen=True)
+class FGWDiagnostics:
+    """Per-problem record of an entropic FGW solve (``[B]`` tensors, scalars when unbatched).
+
+    ``iterations``: outer (mirror-descent) iterations. ``marginal_error``: ``||T1 - p||_1 +
+    ||Tᵀ1 - q||_1``. ``converged``: the outer rule fired before ``max_iter`` and the last inner
+    Sinkhorn reached ``inner_tol``. ``plan_change``: the last ``||T_k+1 - T_k||_1``.
+    ``inner_iterations``: Sinkhorn iterations summed over outer iterations. ``inner_converged``:
+    the last inner Sinkhorn reached ``inner_tol``.
+    """
+
+    iterations: Tensor
+    marginal_error: Tensor
+    converged: Tensor
+    plan_change: Tensor
+    inner_iterations: Tensor
+    inner_converged: Tensor
+
+
+@dataclass(frozen=True)
+class FGWResult:
+    """Plan ``[B, N, M]`` (detached), FGW ``value``, entropic ``objective`` and diagnostics."""
+
+    plan: Tensor
+    value: Tensor
+    objective: Tensor
+    diagnostics: FGWDiagnostics
+
+
+@dataclass(frozen=True)
+class ExactFGWResult:
+    """Plan ``[B, N, M]`` and FGW value of :func:`fused_gromov_wasserstein_exact`."""
+
+    plan: Tensor
+    value: Tensor
+
+
+def entropic_fused_gromov_wasserstein(
+    M: Tensor,
+    C1: Tensor,
+    C2: Tensor,
+    p: Tensor | None = None,
+    q: Tensor | None = None,
+    *,
+    alpha: float = 0.5,
+    epsilon: float = 0.1,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+    inner_max_iter: int = 1000,
+    inner_tol: float = 1e-6,
+    warm_start: bool = True,
+) -> FGWResult:
+    """Entropic FGW (square loss) between ``(C1, p)`` and ``(C2, q)`` with feature cost ``M``.
+
+    Args:
+        M: ``[B, N, M]`` or ``[N, M]`` feature cost, float32 or float64, any device.
+        C1, C2: ``[B, N, N]`` / ``[B, M, M]`` structure matrices (a 2-D matrix is shared by the
+            batch); they need not be symmetric.
+        p, q: weights ``[B, N]`` / ``[B, M]`` (shared ``[N]`` / ``[M]``, or uniform if ``None``), of
+            equal mass. Not differentiated.
+        alpha: trade-off :math:`\\alpha \\in [0, 1]` (0: Sinkhorn on ``M``; 1: entropic GW).
+        epsilon: entropic regularisation :math:`\\varepsilon > 0`, in units of the objective.
+        max_iter, tol: outer stopping rule on :math:`\\|\\mathbf{T}^{(k+1)} - \\mathbf{T}^{(k)}\\|_1`.
+        inner_max_iter, inner_tol: inner Sinkhorn stopping rule on the column error.
+        warm_start: start each inner Sinkhorn from the previous potentials (POT starts cold).
+
+    Raises:
+        OTError: invalid inputs, or a non-finite / mass-losing plan.
+    """
+    check_iterations(max_iter, tol)
+    check_iterations(inner_max_iter, inner_tol)
+    eps = check_epsilon(epsilon)
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise OTError(f"alpha must lie in [0, 1], got {alpha!r}.")
+    M_, batched = as_batch(M, "M")
+    batch, rows, cols = M_.shape
+    C1_ = _structure(C1, "C1", batch, rows, M_)
+    C2_ = _structure(C2, "C2", batch, cols, M_)
+    for matrix, name in ((M_, "M"), (C1_, "C1"), (C2_, "C2")):
+        check_finite(matrix, name)
+    p_ = marginal(p, M_, rows, "p")
+    q_ = marginal(q, M_, cols, "q")
+    check_equal_mass(p_, q_)
+    if p_.requires_grad or q_.requires_grad:
+        raise OTError("entropic_fused_gromov_wasserstein does not differentiate p or q; detach them.")
+
+    with torch.no_grad():
+        plan, diagnostics = _mirror_descent(
+            M_.detach(), C1_.detach(), C2_.detach(), p_, q_, float(alpha), eps,
+            max_iter, tol, inner_max_iter, inner_tol, warm_start,
+        )
+    check_plan(
+        diagnostics.marginal_error,
+        "entropic_fused_gromov_wasserstein",
+        "check the costs for extreme values or use float64.",
+    )
+    _check_mass(plan, p_, eps)
+    value = fused_gromov_wasserstein_value(plan, M_, C1_, C2_, float(alpha))
+    objective = value + eps * torch.xlogy(plan, plan).sum((-2, -1))
+    return FGWResult(
+        plan=unbatch(plan, batched),
+        value=unbatch(value, batched),
+        objective=unbatch(objective, batched),
+        diagnostics=FGWDiagnostics(
+            **{name: unbatch(getattr(diagnostics, name), batched) for name in FGWDiagnostics.__dataclass_fields__}
+        ),
+    )
+
+
+def fused_gromov_wasserstein_value(
+    plan: Tensor, M: Tensor, C1: Tensor, C2: Tensor, alpha: float
+) -> Tensor:
+    """:math:`\\mathcal{E}(\\mathbf{T})` for ``[B, ...]`` inputs, differentiable in every argument.
+
+    The quadratic term uses the plan's own marginals :math:`\\mathbf{p} = \\mathbf{T}\\mathbf{1}`,
+    :math:`\\mathbf{q} = \\mathbf{T}^\\top\\mathbf{1}`: :math:`\\sum_{ijkl}(\\mathbf{C_1}_{ik} -
+    \\mathbf{C_2}_{jl})^2 T_{ij}T_{kl} = \\mathbf{p}^\\top\\mathbf{C_1}^{\\odot2}\\mathbf{p} +
+    \\mathbf{q}^\\top\\mathbf{C_2}^{\\odot2}\\mathbf{q} - 2\\langle\\mathbf{C_1}\\mathbf{T}
+    \\mathbf{C_2}^\\top, \\mathbf{T}\\rangle_F`. Passing a detached plan gives the envelope gradient.
+    """
+    p, q = plan.sum(-1), plan.sum(-2)
+    structure = (
+        torch.einsum("bi,bik,bk->b", p, C1.square(), p)
+        + torch.einsum("bj,bjl,bl->b", q, C2.square(), q)
+        - 2.0 * batch_inner(C1 @ plan @ C2.transpose(-1, -2), plan)
+    )
+    return (1.0 - alpha) * batch_inner(plan, M) + alpha * structure
+
+
+def fused_gromov_wasserstein_exact(
+    M: Tensor,
+    C1: Tensor,
+    C2: Tensor,
+    p: Tensor | None = None,
+    q: Tensor | None = None,
+    *,
+    alpha: float = 0.5,
+) -> ExactFGWResult:
+    """Unregularised FGW (square loss) by POT's conditional gradient, one problem at a time.
+
+    Wraps ``ot.gromov.fused_gromov_wasserstein2`` on POT's torch backend: torch in, torch out,
+    same device; ``value`` carries POT's gradients w.r.t. ``M``, ``C1``, ``C2``, ``p``, ``q``
+    (plan held fixed, as for the entropic solver). FGW is non-convex and the conditional gradient
+    returns a local optimum reached from :math:`\\mathbf{p}\\mathbf{q}^\\top`; use it as a reference,
+    not in training loops (each call solves exact OT problems on the CPU).
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise OTError(f"alpha must lie in [0, 1], got {alpha!r}.")
+    M_, batched = as_batch(M, "M")
+    batch, rows, cols = M_.shape
+    C1_ = _structure(C1, "C1", batch, rows, M_)
+    C2_ = _structure(C2, "C2", batch, cols, M_)
+    p_ = marginal(p, M_, rows, "p")
+    q_ = marginal(q, M_, cols, "q")
+    check_equal_mass(p_, q_)
+    values, plans = [], []
+    for k in range(batch):
+        value, log = ot.gromov.fused_gromov_wasserstein2(
+            M_[k], C1_[k], C2_[k], p_[k], q_[k], loss_fun="square_loss", alpha=float(alpha), log=True
+        )
+        values.append(value)
+        plans.append(log["T"])
+    return ExactFGWResult(
+        plan=unbatch(torch.stack(plans), batched), value=unbatch(torch.stack(values), batched)
+    )
+
+
+def _structure(matrix: Tensor, name: str, batch: int, size: int, like: Tensor) -> Tensor:
+    structure, _ = as_batch(matrix, name)
+    if structure.shape[-2:] != (size, size) or structure.shape[0] not in (1, batch):
+        raise OTError(
+            f"{name} must be [{size}, {size}] or [{batch}, {size}, {size}] to match M, "
+            f"got {tuple(matrix.shape)}."
+        )
+    if structure.dtype != like.dtype or structure.device != like.device:
+        raise OTError(f"{name} must have M's dtype and device ({like.dtype}, {like.device}).")
+    return structure.expand(batch, size, size)
+
+
+def _structure_pairs(C1: Tensor, C2: Tensor) -> list[tuple[Tensor, Tensor, float]]:
+    """``(A, B, weight)`` terms of :math:`\\nabla\\mathcal{Q}`: one doubled term when symmetric."""
+    transposed = (C1.transpose(-1, -2), C2.transpose(-1, -2))
+    if torch.equal(C1, transposed[0]) and torch.equal(C2, transposed[1]):
+        return [(C1, C2, 2.0)]
+    return [(C1, C2, 1.0), (*transposed, 1.0)]
+
+
+def _mirror_descent(
+    M: Tensor,
+    C1: Tensor,
+    C2: Tensor,
+    p: Tensor,
+    q: Tensor,
+    alpha: float,
+    eps: float,
+    max_iter: int,
+    tol: float,
+    inner_max_iter: int,
+    inner_tol: float,
+    warm_start: bool,
+) -> tuple[Tensor, FGWDiagnostics]:
+    """Outer loop. The linearised cost :math:`(1-\\alpha)\\mathbf{M} + \\alpha\\nabla\\mathcal{Q}(\\mathbf{T})`
+    is split into its plan-independent part (computed once, with the marginal terms at ``p``,
+    ``q`` as in POT's ``init_matrix``) and :math:`-2\\alpha\\,\\mathbf{A}\\mathbf{T}\\mathbf{B}^\\top`."""
+    batch, rows, cols = M.shape
+    log_p, log_q = p.log(), q.log()
+    pairs = _structure_pairs(C1, C2)
+    constant = (1.0 - alpha) * M
+    for A, B, weight in pairs:
+        marginal_terms = (A.square() @ p.unsqueeze(-1)) + (B.square() @ q.unsqueeze(-1)).transpose(-1, -2)
+        constant = constant + (alpha * weight) * marginal_terms
+    log_kernel_constant = constant / -eps
+    plan = p.unsqueeze(-1) * q.unsqueeze(-2)
+    f, g = M.new_zeros(batch, rows), M.new_zeros(batch, cols)
+    active = torch.ones(batch, dtype=torch.bool, device=M.device)
+    iterations = torch.zeros(batch, dtype=torch.long, device=M.device)
+    inner_iterations = torch.zeros_like(iterations)
+    inner_converged = torch.zeros_like(active)
+    change = torch.full((batch,), float("inf"), dtype=M.dtype, device=M.device)
+    for _ in range(max_iter):
+        log_kernel = log_kernel_constant
+        for A, B, weight in pairs:
+            log_kernel = torch.baddbmm(
+                log_kernel, A @ plan, B.transpose(-1, -2), alpha=2.0 * alpha * weight / eps
+            )
+        start = (f, g) if warm_start else (torch.zeros_like(f), torch.zeros_like(g))
+        state = sinkhorn_iterations(
+            log_kernel, log_p, log_q, eps, *start, inner_max_iter, inner_tol, active=active.clone()
+        )
+        new_plan = log_kernel.add_(torch.add(log_p, state.f, alpha=1.0 / eps).unsqueeze(-1))
+        new_plan = new_plan.add_(torch.add(log_q, state.g, alpha=1.0 / eps).unsqueeze(-2)).exp_()
+        step_change = (new_plan - plan).abs().sum((-2, -1))
+        if bool(active.all()):
+            plan, f, g = new_plan, state.f, state.g
+            change, inner_converged = step_change, state.converged
+        else:
+            keep = active.view(batch, 1, 1)
+            plan = torch.where(keep, new_plan, plan)
+            f = torch.where(keep.squeeze(-1), state.f, f)
+            g = torch.where(keep.squeeze(-1), state.g, g)
+            change = torch.where(active, step_change, change)
+            inner_converged = torch.where(active, state.converged, inner_converged)
+        inner_iterations += state.iterations
+        iterations += active.long()
+        active = active & ~(step_change <= tol)
+        if not bool(active.any()):
+            break
+    marginal_error = (plan.sum(-1) - p).abs().sum(-1) + (plan.sum(-2) - q).abs().sum(-1)
+    diagnostics = FGWDiagnostics(
+        iterations=iterations,
+        marginal_error=marginal_error,
+        converged=~active & inner_converged,
+        plan_change=change,
+        inner_iterations=inner_iterations,
+        inner_converged=inner_converged,
+    )
+    return plan, diagnostics
+
+
+def _check_mass(plan: Tensor, p: Tensor, eps: float) -> None:
+    """Refuse a plan that lost its mass (POT's silent failure mode) instead of returning it."""
+    expected = p.detach().sum(-1)
+    gap = (plan.sum((-2, -1)) - expected).abs() / expected
+    if bool((gap > _MASS_GUARD).any()):
+        worst = int(gap.argmax())
+        raise OTError(
+            f"entropic FGW lost transport mass in problem {worst} (plan sums to "
+            f"{float(plan[worst].sum()):.3g} instead of {float(expected[worst]):.3g}) with "
+            f"epsilon={eps:g}; rescale the costs (e.g. medot.ot.normalize_by_max) or use float64."
+        )

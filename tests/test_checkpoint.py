@@ -1,0 +1,65 @@
+import json
+
+import pytest
+import torch
+
+from medot import __version__
+from medot.checkpoint import Checkpoint, checkpoint_paths, load_checkpoint, save_checkpoint
+from medot.errors import CheckpointError
+
+
+def _checkpoint():
+    tensors = {"prompts.high": torch.randn(3, 4, 8), "anchors": torch.arange(6.0).view(2, 3)}
+    meta = {"method": "kmat", "backbone": "lite", "classes": ["a", "b", "c"], "hyper": {"lr": 0.0025}}
+    return Checkpoint(tensors, meta)
+
+
+def test_round_trip_keeps_tensors_and_metadata(tmp_path):
+    original = _checkpoint()
+    tensor_path = save_checkpoint(tmp_path / "run" / "model", original)
+    assert tensor_path.name == "model.safetensors"
+    loaded = load_checkpoint(tmp_path / "run" / "model.json")
+    assert set(loaded.tensors) == set(original.tensors)
+    for name, tensor in original.tensors.items():
+        assert torch.equal(loaded.tensors[name], tensor)
+    assert loaded.meta["classes"] == ["a", "b", "c"]
+    assert loaded.meta["hyper"] == {"lr": 0.0025}
+    assert loaded.meta["medot_version"] == __version__
+    assert loaded.method == "kmat" and loaded.backbone == "lite"
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_paths_accept_any_of_the_three_spellings(tmp_path):
+    expected = (tmp_path / "m.safetensors", tmp_path / "m.json")
+    assert checkpoint_paths(tmp_path / "m") == expected
+    assert checkpoint_paths(tmp_path / "m.json") == expected
+    assert checkpoint_paths(tmp_path / "m.safetensors") == expected
+
+
+def test_missing_required_metadata_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="method"):
+        save_checkpoint(tmp_path / "m", Checkpoint({"x": torch.zeros(1)}, {"backbone": "lite"}))
+
+
+def test_tensor_file_swapped_under_sidecar_is_detected(tmp_path):
+    save_checkpoint(tmp_path / "a", _checkpoint())
+    other = _checkpoint()
+    other.tensors["anchors"] = other.tensors["anchors"] + 1
+    save_checkpoint(tmp_path / "b", other)
+    (tmp_path / "b.safetensors").replace(tmp_path / "a.safetensors")
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(tmp_path / "a")
+
+
+def test_corrupt_or_missing_files_give_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(tmp_path / "nothing")
+    save_checkpoint(tmp_path / "c", _checkpoint())
+    (tmp_path / "c.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(tmp_path / "c")
+    (tmp_path / "d.safetensors").write_bytes(b"garbage bytes, not safetensors")
+    sha = __import__("hashlib").sha256(b"garbage bytes, not safetensors").hexdigest()
+    (tmp_path / "d.json").write_text(json.dumps({"method": "x", "backbone": "lite", "tensors_sha256": sha}))
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(tmp_path / "d")

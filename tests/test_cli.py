@@ -1,0 +1,76 @@
+"""The `medot` console script as a user runs it."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from medot.cli import main
+
+
+def _run(*args):
+    executable = shutil.which("medot")
+    command = [executable] if executable else [sys.executable, "-m", "medot"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=600)
+
+
+def test_help_lists_every_command():
+    result = _run("--help")
+    assert result.returncode == 0
+    for command in ("backbones", "synth", "predict"):
+        assert command in result.stdout
+    assert "not a clinical model" in result.stdout.lower()
+
+
+def test_backbones_reports_lite_available_and_why_biomedclip_is_not(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("MEDOT_BIOMEDCLIP_DIR", raising=False)
+    assert main(["backbones", "--json"]) == 0
+    statuses = {s["name"]: s for s in json.loads(capsys.readouterr().out)}
+    assert statuses["lite"]["available"] is True
+    assert statuses["biomedclip"]["available"] is False
+    assert statuses["biomedclip"]["detail"]
+
+
+def test_predict_zero_shot_on_photographs(tmp_path, capsys):
+    cat, coffee = tmp_path / "cat.png", tmp_path / "coffee.jpg"
+    Image.fromarray(data.chelsea()).save(cat)
+    Image.fromarray(data.coffee()).save(coffee, quality=95)
+    assert main(["predict", str(cat), str(coffee), "--labels", "cat, cup of coffee", "--backbone", "lite", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["backbone"] == "lite"
+    first, second = (r["probabilities"] for r in out["results"])
+    assert first["cat"] > first["cup of coffee"]
+    assert second["cup of coffee"] > second["cat"]
+    assert sum(first.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "{missing}", "--labels", "a,b"], "not found"),
+        (["predict", "{text}", "--labels", "a,b"], "not an image"),
+        (["predict", "{image}", "--labels", "only-one"], "at least two"),
+        (["predict", "{image}", "--labels", "a,b", "--backbone", "nonsense"], "unknown backbone"),
+    ],
+)
+def test_user_errors_are_one_plain_line(tmp_path, capsys, args, message):
+    (tmp_path / "notes.png").write_text("this is not an image")
+    Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)).save(tmp_path / "ok.png")
+    paths = {"missing": str(tmp_path / "nope.png"), "text": str(tmp_path / "notes.png"), "image": str(tmp_path / "ok.png")}
+    assert main([a.format(**paths) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medot: error: ") and message in err.lower()
+    assert "Traceback" not in err
+
+
+def test_synth_writes_the_benchmark(tmp_path):
+    result = _run("synth", "--out", str(tmp_path / "synth"), "--n-per-class", "2", "--size", "64", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "synth" / "kmat").is_dir()
+    assert len(list((tmp_path / "synth").rglob("*.png"))) > 0
