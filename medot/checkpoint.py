@@ -59,7 +59,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(target: Path, write) -> None:
+def atomic_write(target: Path, write) -> None:
+    """Run ``write(tmp)`` on a temporary file beside ``target``, then rename it into place."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -77,8 +78,9 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         raise CheckpointError(f"checkpoint metadata lacks {missing}")
     tensor_path, meta_path = checkpoint_paths(path)
     tensor_path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in checkpoint.tensors.items()}
-    _atomic_write(tensor_path, lambda tmp: save_file(tensors, str(tmp)))
+    # clone: safetensors refuses tensors that share storage (views of one parameter)
+    tensors = {name: t.detach().to("cpu").clone().contiguous() for name, t in checkpoint.tensors.items()}
+    atomic_write(tensor_path, lambda tmp: save_file(tensors, str(tmp)))
     meta = {
         **checkpoint.meta,
         "medot_version": __version__,
@@ -86,7 +88,7 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         "tensors_sha256": _sha256(tensor_path),
     }
     text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False)
-    _atomic_write(meta_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    atomic_write(meta_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
     return tensor_path
 
 
@@ -109,3 +111,25 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{tensor_path} is not a readable safetensors file: {error}") from None
     return Checkpoint(tensors=tensors, meta=meta)
+
+
+def list_checkpoints(*roots: str | os.PathLike, method: str | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """``(tensor file, metadata)`` of every checkpoint under ``roots`` (recursively), newest first.
+
+    Only the sidecars are read (tensors are not loaded or hashed); files that are not medot
+    sidecars, or whose tensor file is missing, are skipped. ``method`` keeps one method's models.
+    """
+    found = []
+    for root in roots:
+        for meta_path in Path(root).rglob("*.json") if Path(root).is_dir() else ():
+            tensor_path, _ = checkpoint_paths(meta_path)
+            if not tensor_path.is_file():
+                continue
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(meta, dict) and all(key in meta for key in REQUIRED_KEYS):
+                if method is None or meta["method"] == method:
+                    found.append((tensor_path, meta))
+    return sorted(found, key=lambda item: item[0].stat().st_mtime, reverse=True)

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser("synth", help="write the seeded synthetic phantom benchmark (no download)")
     synth.add_argument("--out", required=True, help="output folder (created; a previous synthetic output is replaced)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    synth.add_argument("--n-per-class", type=int, default=24, help="cases per class and modality (default: 24)")
+    synth.add_argument("--n-per-class", type=int, default=20, help="cases per class and modality (default: 20)")
     synth.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(run=_cmd_synth)

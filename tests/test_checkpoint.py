@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from medot import __version__
-from medot.checkpoint import Checkpoint, checkpoint_paths, load_checkpoint, save_checkpoint
+from medot.checkpoint import Checkpoint, checkpoint_paths, list_checkpoints, load_checkpoint, save_checkpoint
 from medot.errors import CheckpointError
 
 
@@ -63,3 +63,16 @@ def test_corrupt_or_missing_files_give_checkpoint_errors(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps({"method": "x", "backbone": "lite", "tensors_sha256": sha}))
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         load_checkpoint(tmp_path / "d")
+
+
+def test_list_checkpoints_finds_sidecars_and_filters_by_method(tmp_path):
+    save_checkpoint(tmp_path / "a" / "kmat_model", _checkpoint())
+    other = _checkpoint()
+    other.meta["method"] = "pradot"
+    save_checkpoint(tmp_path / "b" / "deep" / "pradot_model", other)
+    (tmp_path / "b" / "unrelated.json").write_text('{"hello": 1}')
+    (tmp_path / "orphan.json").write_text(json.dumps({"method": "kmat", "backbone": "lite"}))
+    everything = list_checkpoints(tmp_path, tmp_path / "does-not-exist")
+    assert {path.name for path, _ in everything} == {"kmat_model.safetensors", "pradot_model.safetensors"}
+    only = list_checkpoints(tmp_path, method="pradot")
+    assert [meta["method"] for _, meta in only] == ["pradot"]

@@ -70,7 +70,11 @@ def test_user_errors_are_one_plain_line(tmp_path, capsys, args, message):
 
 
 def test_synth_writes_the_benchmark(tmp_path):
-    result = _run("synth", "--out", str(tmp_path / "synth"), "--n-per-class", "2", "--size", "64", "--quiet")
+    result = _run("synth", "--out", str(tmp_path / "synth"), "--n-per-class", "3", "--size", "64", "--quiet")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "synth" / "kmat").is_dir()
-    assert len(list((tmp_path / "synth").rglob("*.png"))) > 0
+    manifest = json.loads((tmp_path / "synth" / "manifest.json").read_text())
+    assert manifest["complete"] is True and manifest["seed"] == 0
+    # 3 classes x 3 cases x 2 modalities in the K-MaT pair
+    assert len(list((tmp_path / "synth" / "kmat").rglob("*.png"))) == 18
+    again = _run("synth", "--out", str(tmp_path / "synth"), "--n-per-class", "2", "--size", "64", "--quiet")
+    assert again.returncode == 2 and again.stderr.startswith("medot: error: ") and "at least" in again.stderr

@@ -134,6 +134,9 @@ def test_changing_content_backbone_layers_or_seed_misses(setup):
     with_layers = cache.encode(backbone, paths, layers=("conv2",), views=2, seed=0, progress=False, read=read)
     assert (with_layers.hits, with_layers.misses) == (0, 6)
 
+    other_reader = cache.encode(backbone, paths, views=2, seed=0, progress=False, read=read, read_key="windowed")
+    assert (other_reader.hits, other_reader.misses) == (0, 6)
+
     # view 0 is the un-augmented image, shared by every seed; view 1 depends on the seed
     reseeded = cache.encode(backbone, paths, views=2, seed=1, progress=False, read=read)
     assert (reseeded.hits, reseeded.misses) == (3, 3)

@@ -24,18 +24,19 @@ STEPS_PER_EPOCH = ROWS // BATCH
 
 
 class TinyTask(TrainingTask):
-    """A linear classifier behind dropout on fixed features, plus a frozen layer standing in for a
-    backbone. Its initial weights do not depend on the global RNG, so only the trainer's seed
-    (data order, dropout) makes two runs differ."""
+    """A linear classifier behind dropout, on top of a frozen layer standing in for a backbone
+    (the same in every instance). The head's initial weights come from ``init_seed``, not from the
+    global RNG, so only the trainer's seed (data order, dropout) makes two runs differ."""
 
     def __init__(self, init_seed: int = 123, nan_at_call: int | None = None, fail_at_call: int | None = None):
         super().__init__()
-        generator = torch.Generator().manual_seed(init_seed)
         self.frozen = nn.Linear(DIM, DIM).requires_grad_(False)
         self.head = nn.Linear(DIM, CLASSES)
         with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+            for module, seed in ((self.frozen, 0), (self.head, init_seed)):
+                generator = torch.Generator().manual_seed(seed)
+                for p in module.parameters():
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
         self.dropout = nn.Dropout(0.3)
         self.calls = 0
         self.nan_at_call, self.fail_at_call = nan_at_call, fail_at_call

@@ -103,15 +103,16 @@ def imagenet_class_names() -> list[str]:
 def prompt_embeddings(
     text_tower: BertModel, tokenizer: PreTrainedTokenizerBase, class_names: Sequence[str]
 ) -> torch.Tensor:
-    """``u_c`` for ``"a photo of a {c}."``: ``[C, 384]`` float64, unit rows."""
-    batch = tokenizer([PROMPT_TEMPLATE.format(name) for name in class_names], padding="longest", return_tensors="pt")
+    """``u_c`` for ``"a photo of a {c}."``: ``[C, 384]`` float64 on the CPU, unit rows."""
+    prompts = [PROMPT_TEMPLATE.format(name) for name in class_names]
+    batch = tokenizer(prompts, padding="longest", return_tensors="pt").to(text_tower.device)
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    return sentence_embeddings(text_tower, text_tower.embeddings.word_embeddings(ids), mask).double()
+    return sentence_embeddings(text_tower, text_tower.embeddings.word_embeddings(ids), mask).double().cpu()
 
 
 def classifier_directions(classifier: nn.Linear) -> torch.Tensor:
-    """``y_c = w_c / ||w_c||``: ``[C, 1280]`` float64."""
-    return F.normalize(classifier.weight.detach().double(), dim=1)
+    """``y_c = w_c / ||w_c||``: ``[C, 1280]`` float64 on the CPU."""
+    return F.normalize(classifier.weight.detach().double().cpu(), dim=1)
 
 
 # ---------------------------------------------------------------------------------- ridge
@@ -145,7 +146,11 @@ def ridge_path_predictions(
 
 
 def cross_validate_lambda(
-    u: torch.Tensor, y: torch.Tensor, grid: Sequence[float] = LAMBDA_GRID, n_folds: int = N_FOLDS, seed: int = SEED
+    u: torch.Tensor,
+    y: torch.Tensor,
+    grid: Sequence[float] = LAMBDA_GRID,
+    n_folds: int = N_FOLDS,
+    seed: int = SEED,
 ) -> tuple[float, dict[float, float]]:
     """The ``lambda`` of ``grid`` with the best K-fold mean held-out cosine, and the whole curve."""
     folds = np.array_split(np.random.default_rng(seed).permutation(u.shape[0]), n_folds)
@@ -166,7 +171,11 @@ def retrieval_accuracy(queries: torch.Tensor, keys: torch.Tensor, k: int) -> flo
 
 
 def heldout_retrieval(
-    u: torch.Tensor, y: torch.Tensor, n_heldout: int = N_HELDOUT_CLASSES, n_folds: int = N_FOLDS, seed: int = SEED
+    u: torch.Tensor,
+    y: torch.Tensor,
+    n_heldout: int = N_HELDOUT_CLASSES,
+    n_folds: int = N_FOLDS,
+    seed: int = SEED,
 ) -> dict[str, float | int | list[int]]:
     """Fit on all but ``n_heldout`` seeded classes (lambda by CV on those), retrieve the held-out ones."""
     order = np.random.default_rng(seed).permutation(u.shape[0])
@@ -189,13 +198,16 @@ def heldout_retrieval(
 
 # ---------------------------------------------------------------------------------- scale
 @torch.inference_mode()
-def pooled_feature_norms(image_tower: EfficientNet, image_names: Sequence[str] = FEATURE_NORM_IMAGES) -> torch.Tensor:
+def pooled_feature_norms(
+    image_tower: EfficientNet, image_names: Sequence[str] = FEATURE_NORM_IMAGES
+) -> torch.Tensor:
     """``||f_i||`` of scikit-image photographs through the tower's timm evaluation transform."""
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=image_tower))
     images = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in image_names]
-    batch = torch.stack([transform(image) for image in images])
+    parameter = next(image_tower.parameters())
+    batch = torch.stack([transform(image) for image in images]).to(parameter.device, parameter.dtype)
     features = image_tower.forward_head(image_tower.forward_features(batch), pre_logits=True)
-    return features.norm(dim=1)
+    return features.float().norm(dim=1).cpu()
 
 
 # ---------------------------------------------------------------------------------- fit + asset
@@ -247,7 +259,8 @@ def write_asset(fit: ProjectionFit, heldout: dict, output_dir: Path, n_folds: in
     save_file(asset_tensors(fit), str(tensors_path), metadata={"ridge_lambda": repr(fit.ridge_lambda)})
     report = {
         "made_by": "python -m medot.backbones.lite_projection (see its module docstring for the maths)",
-        "map": "t = weight @ u + bias; u = unit all-MiniLM-L6-v2 embedding (384), t in EfficientNet-Lite0 pooled-feature space (1280)",
+        "map": "t = weight @ u + bias; u: unit all-MiniLM-L6-v2 embedding (384); "
+        "t: EfficientNet-Lite0 pooled-feature space (1280)",
         "targets": "L2-normalised ImageNet-1k classifier rows of EfficientNet-Lite0",
         "prompt_template": PROMPT_TEMPLATE,
         "class_names": "torchvision EfficientNet_B0_Weights.IMAGENET1K_V1.meta['categories']",
@@ -276,9 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Fit the lite text->image projection (ridge, closed form) and logit scale, report held-out "
         "ImageNet class retrieval, and write the asset.",
     )
-    parser.add_argument("--output-dir", type=Path, default=ASSET_DIR, help=f"where to write the asset (default: {ASSET_DIR})")
-    parser.add_argument("--folds", type=int, default=N_FOLDS, help=f"cross-validation folds for lambda (default: {N_FOLDS})")
-    parser.add_argument("--seed", type=int, default=SEED, help=f"seed of the folds and the held-out split (default: {SEED})")
+    parser.add_argument(
+        "--output-dir", type=Path, default=ASSET_DIR, help=f"where to write the asset (default: {ASSET_DIR})"
+    )
+    parser.add_argument(
+        "--folds", type=int, default=N_FOLDS, help=f"cross-validation folds for lambda (default: {N_FOLDS})"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=SEED, help=f"seed of the folds and the held-out split (default: {SEED})"
+    )
     args = parser.parse_args(argv)
 
     image_tower = load_image_tower()

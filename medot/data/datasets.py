@@ -329,7 +329,10 @@ def load_mvfa_fewshot(root: str | Path, obj: str, k: int, iteration: int = 0) ->
     list_file = list_dir / f"{k}-shot.txt"
     if not list_file.is_file():
         found = sorted(p.name for p in list_dir.glob("*-shot.txt")) if list_dir.is_dir() else []
-        raise DatasetLayoutError(f"missing few-shot list {list_file}; lists found: {found or 'none'}")
+        raise DatasetLayoutError(
+            f"missing few-shot list {list_file}; lists found: {found or 'none'} (MVFA-AD ships them in its "
+            "dataset/fewshot_seed folder: copy that folder next to the <Obj>_AD folders)"
+        )
     lines = {}
     for line in list_file.read_text(encoding="utf-8").splitlines():
         key, _, names = line.partition(":")

@@ -8,7 +8,8 @@ Problems a user can cause (wrong shapes, negative weights, NaN costs, unequal ma
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import fields
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -19,6 +20,8 @@ Gradient = Literal["unrolled", "envelope"]
 """How a solver differentiates: through its iterations, or by the envelope (Danskin) theorem."""
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+T = TypeVar("T")
 
 
 def as_batch(matrix: Tensor, name: str) -> tuple[Tensor, bool]:
@@ -42,6 +45,12 @@ def unbatch(tensor: Tensor, batched: bool) -> Tensor:
     return tensor if batched else tensor.squeeze(0)
 
 
+def unbatch_record(record: T, batched: bool) -> T:
+    """Apply :func:`unbatch` to every field of a diagnostics dataclass."""
+    values = {field.name: unbatch(getattr(record, field.name), batched) for field in fields(record)}
+    return type(record)(**values)
+
+
 def check_finite(matrix: Tensor, name: str) -> None:
     """Raise if ``matrix`` holds NaN or infinite entries (one reduction pass, no temporary)."""
     low, high = torch.aminmax(matrix.detach())
@@ -57,12 +66,26 @@ def check_epsilon(epsilon: float, name: str = "epsilon") -> float:
     return value
 
 
-def check_iterations(max_iter: int, tol: float) -> None:
-    """Validate the stopping parameters shared by all solvers."""
+DEFAULT_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-4}
+"""Default stopping tolerances. In float32 the attainable accuracy is about
+``(max|C| / epsilon) * 6e-8`` (e.g. ``1e-5`` at ``max|C| / epsilon = 200``), so a float64-style
+``1e-6`` would make typical float32 solves run to ``max_iter``."""
+
+
+def check_iterations(max_iter: int) -> int:
+    """Validate an iteration budget."""
     if int(max_iter) < 1:
         raise OTError(f"max_iter must be at least 1, got {max_iter!r}.")
+    return int(max_iter)
+
+
+def resolve_tolerance(tol: float | None, dtype: torch.dtype, name: str = "tol") -> float:
+    """``tol`` as a float, or :data:`DEFAULT_TOLERANCE` for ``dtype`` when it is ``None``."""
+    if tol is None:
+        return DEFAULT_TOLERANCE[dtype]
     if not float(tol) >= 0.0:
-        raise OTError(f"tol must be non-negative, got {tol!r}.")
+        raise OTError(f"{name} must be non-negative, got {tol!r}.")
+    return float(tol)
 
 
 def marginal(weights: Tensor | None, like: Tensor, size: int, name: str) -> Tensor:
@@ -123,9 +146,34 @@ def needs_unrolled_graph(gradient: Gradient, *tensors: Tensor) -> bool:
     )
 
 
-def check_plan(plan_marginal_error: Tensor, solver: str, hint: str) -> None:
+ROW_MASS_GUARD = 0.1
+"""Relative row-marginal error beyond which a Sinkhorn-type plan is declared numerically failed."""
+
+PRECISION_HINT = (
+    "the costs divided by epsilon exceed what this dtype resolves; use float64, rescale the costs "
+    "(e.g. medot.ot.normalize_by_max) or increase epsilon."
+)
+
+
+def check_plan(marginal_error: Tensor, solver: str) -> None:
     """Raise instead of returning a plan whose marginals came out non-finite."""
-    bad = ~torch.isfinite(plan_marginal_error)
+    bad = ~torch.isfinite(marginal_error)
     if bool(bad.any()):
         index = int(bad.nonzero()[0, 0])
-        raise OTError(f"{solver} produced a non-finite transport plan (problem {index}); {hint}")
+        raise OTError(f"{solver} produced a non-finite transport plan (problem {index}); {PRECISION_HINT}")
+
+
+def check_row_mass(row_error: Tensor, mass: Tensor, solver: str) -> None:
+    """Raise if rows that the last Sinkhorn update made exact are off by more than 10% of the mass.
+
+    After an ``f`` update the row marginals hold up to rounding, whatever the iteration count, so
+    a large row error (including an all-zero plan) can only mean lost floating-point precision.
+    """
+    gap = row_error / mass
+    if bool((gap > ROW_MASS_GUARD).any()):
+        index = int(gap.argmax())
+        raise OTError(
+            f"{solver} lost precision in problem {index}: its plan misplaces "
+            f"{float(row_error[index]):.3g} of mass {float(mass[index]):.3g} on rows that should be "
+            f"exact; {PRECISION_HINT}"
+        )

@@ -6,11 +6,13 @@ The Sinkhorn-type solvers spend their time in one operation, the "soft-min" redu
     \\operatorname{LSE}_j(\\mathbf{K}_{ij} + s_j) = \\log \\sum_j \\exp(\\mathbf{K}_{ij} + s_j)
 
 of a log-kernel :math:`\\mathbf{K} = -\\mathbf{C}/\\varepsilon` shifted by a dual vector, over rows or
-columns. When autograd has to record it, or the problem fits in one block, :func:`torch.logsumexp`
-is used as is. Otherwise the reduction runs over blocks of rows, in place, so that at most one
-block-sized temporary exists at a time: on CPU the blocks fit in cache (the kernel is read once
-per reduction), on accelerators they are large enough to keep kernel-launch overhead negligible
-while still capping the extra memory far below one ``[N, M]`` matrix.
+columns. When autograd has to record it, :func:`torch.logsumexp` is used as is. Otherwise the
+reduction is computed in place in one temporary (fewer kernels than :func:`torch.logsumexp`, which
+matters for the many tiny problems of FGW) and, for large row-major kernels, block of rows by
+block of rows, so that at most one block-sized temporary exists at a time: on CPU the blocks fit
+in cache (the kernel is read once per reduction), on accelerators they are large enough to keep
+kernel-launch overhead negligible while still capping the extra memory far below one ``[N, M]``
+matrix.
 """
 
 from __future__ import annotations
@@ -20,6 +22,21 @@ from torch import Tensor
 
 _BLOCK_ELEMENTS_CPU = 1 << 17
 _BLOCK_ELEMENTS_ACCELERATOR = 1 << 25
+_SHORT_AXIS = 256
+
+
+def scaled_log_kernel(cost: Tensor, epsilon: float) -> Tensor:
+    """:math:`-\\mathbf{C}/\\varepsilon`, stored so that both reductions run along a long axis.
+
+    Torch's CPU reductions are several times slower when the innermost (contiguous) axis is short.
+    When the target side is short (fewer than 256 points, and fewer than the source side, e.g. 14
+    prompts against 289 patch tokens) the kernel is stored column-major, as the transpose of a
+    contiguous ``[B, M, N]`` tensor; shapes, values and the order of every operation are unchanged.
+    """
+    rows, cols = cost.shape[-2:]
+    if cols < rows and cols < _SHORT_AXIS:
+        return (cost.transpose(-1, -2) / -epsilon).contiguous().transpose(-1, -2)
+    return cost / -epsilon
 
 
 def logsumexp_shifted(log_kernel: Tensor, shift: Tensor, dim: int) -> Tensor:
@@ -32,30 +49,42 @@ def logsumexp_shifted(log_kernel: Tensor, shift: Tensor, dim: int) -> Tensor:
     if dim not in (-1, -2):
         raise ValueError(f"dim must be -1 or -2, got {dim}")
     broadcast = shift.unsqueeze(-2) if dim == -1 else shift.unsqueeze(-1)
+    if torch.is_grad_enabled() and (log_kernel.requires_grad or shift.requires_grad):
+        return torch.logsumexp(log_kernel + broadcast, dim=dim)
     batch, rows, cols = log_kernel.shape
     budget = _BLOCK_ELEMENTS_CPU if log_kernel.device.type == "cpu" else _BLOCK_ELEMENTS_ACCELERATOR
     block_rows = max(1, budget // max(1, batch * cols))
-    recording = torch.is_grad_enabled() and (log_kernel.requires_grad or shift.requires_grad)
-    if recording or block_rows >= rows:
-        return torch.logsumexp(log_kernel + broadcast, dim=dim)
     with torch.no_grad():
-        return _blockwise_logsumexp(log_kernel, broadcast, dim, block_rows)
+        if block_rows >= rows or not log_kernel.is_contiguous():
+            return _logsumexp_in_place(log_kernel + broadcast, dim)
+        pieces = []
+        for start in range(0, rows, block_rows):
+            stop = min(start + block_rows, rows)
+            row_shift = broadcast if dim == -1 else broadcast[:, start:stop]
+            pieces.append(_logsumexp_in_place(log_kernel[:, start:stop] + row_shift, dim))
+        if dim == -1:
+            return torch.cat(pieces, dim=1)
+        return _logsumexp_in_place(torch.stack(pieces, dim=1), 1)
 
 
-def _blockwise_logsumexp(log_kernel: Tensor, broadcast: Tensor, dim: int, block_rows: int) -> Tensor:
-    rows = log_kernel.shape[1]
-    lowest = torch.finfo(log_kernel.dtype).min
-    pieces = []
-    for start in range(0, rows, block_rows):
-        stop = min(start + block_rows, rows)
-        row_shift = broadcast if dim == -1 else broadcast[:, start:stop]
-        block = torch.add(log_kernel[:, start:stop], row_shift)
-        peak = block.amax(dim=dim, keepdim=True).clamp_(min=lowest)
-        block.sub_(peak).exp_()
-        pieces.append(peak.squeeze(dim) + block.sum(dim=dim).log_())
-    if dim == -1:
-        return torch.cat(pieces, dim=1)
-    return torch.logsumexp(torch.stack(pieces, dim=1), dim=1)
+def _logsumexp_in_place(values: Tensor, dim: int) -> Tensor:
+    """Stable log-sum-exp that overwrites the temporary ``values`` (fewer kernels than torch's)."""
+    peak = values.amax(dim=dim, keepdim=True).clamp_(min=torch.finfo(values.dtype).min)
+    return values.sub_(peak).exp_().sum(dim=dim).log_().add_(peak.squeeze(dim))
+
+
+def exponentiate_plan(log_kernel: Tensor, row_shift: Tensor, column_shift: Tensor) -> Tensor:
+    """Contiguous ``exp(log_kernel + row_shift ⊕ column_shift)`` for ``[B, N]`` / ``[B, M]`` shifts.
+
+    Without a graph to record, the result overwrites ``log_kernel`` (which must be a solver-owned
+    buffer), so materialising the plan costs no extra ``[B, N, M]`` allocation.
+    """
+    rows, columns = row_shift.unsqueeze(-1), column_shift.unsqueeze(-2)
+    inputs = (log_kernel, row_shift, column_shift)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return torch.exp(log_kernel + rows + columns).contiguous()
+    with torch.no_grad():
+        return log_kernel.add_(rows).add_(columns).exp_().contiguous()
 
 
 def batch_inner(plan: Tensor, matrix: Tensor) -> Tensor:

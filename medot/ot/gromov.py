@@ -34,11 +34,14 @@ float64) and POT then warns and returns an all-zero plan and a value of 0 with z
 Here the inner solver is the log-domain :func:`medot.ot.sinkhorn.sinkhorn_iterations`,
 warm-started from the previous outer iteration's potentials, so the kernel is never formed and the
 problem is solved as posed, without rescaling. As a last guard the solver raises
-:class:`~medot.errors.OTError` if the final plan is non-finite or does not carry the mass of
-:math:`\mathbf{p}` (it never returns a silent zero).
+:class:`~medot.errors.OTError` if the final plan is non-finite or if its rows, exact after the
+last Sinkhorn update, misplace more than 10% of the mass: that only happens when costs over
+:math:`\varepsilon` exceed the dtype's resolution (e.g. float32 with :math:`\max\mathbf{M}/
+\varepsilon \sim 10^9`), and the message says to use float64 or rescale. It never returns a
+silent zero.
 
 **Stopping.** Outer iterations stop per problem when
-:math:`\|\mathbf{T}^{(k+1)} - \mathbf{T}^{(k)}\|_1 \le` ``tol`` or after ``max_iter``; each inner
+:math:`\|\mathbf{T}^{(k+1)} - \mathbf{T}^{(k)}\|_1 <` ``tol`` or after ``max_iter``; each inner
 Sinkhorn stops at column error ``inner_tol`` or ``inner_max_iter`` (see
 :mod:`medot.ot.sinkhorn`). ``marginal_error`` is :math:`\|\mathbf{T}\mathbf{1} - \mathbf{p}\|_1 +
 \|\mathbf{T}^\top\mathbf{1} - \mathbf{q}\|_1` of the returned plan.
@@ -79,15 +82,15 @@ from medot.ot._inputs import (
     check_finite,
     check_iterations,
     check_plan,
+    check_row_mass,
     marginal,
+    resolve_tolerance,
     unbatch,
+    unbatch_record,
 )
-from medot.ot._kernels import batch_inner
+from medot.ot._kernels import batch_inner, exponentiate_plan
+from medot.ot._stopping import BatchStopping
 from medot.ot.sinkhorn import sinkhorn_iterations
-
-_MASS_GUARD = 1e-2
-"""Relative gap between the plan's mass and ``sum(p)`` beyond which the solve is declared failed."""
-
 
 @dataclass(frozen=True)
 class FGWDiagnostics:
@@ -136,9 +139,9 @@ def entropic_fused_gromov_wasserstein(
     alpha: float = 0.5,
     epsilon: float = 0.1,
     max_iter: int = 1000,
-    tol: float = 1e-6,
+    tol: float | None = None,
     inner_max_iter: int = 1000,
-    inner_tol: float = 1e-6,
+    inner_tol: float | None = None,
     warm_start: bool = True,
 ) -> FGWResult:
     """Entropic FGW (square loss) between ``(C1, p)`` and ``(C2, q)`` with feature cost ``M``.
@@ -153,17 +156,21 @@ def entropic_fused_gromov_wasserstein(
         epsilon: entropic regularisation :math:`\\varepsilon > 0`, in units of the objective.
         max_iter, tol: outer stopping rule on :math:`\\|\\mathbf{T}^{(k+1)} - \\mathbf{T}^{(k)}\\|_1`.
         inner_max_iter, inner_tol: inner Sinkhorn stopping rule on the column error.
+            Tolerances left at ``None`` are 1e-6 in float64 and 1e-4 in float32.
         warm_start: start each inner Sinkhorn from the previous potentials (POT starts cold).
 
     Raises:
-        OTError: invalid inputs, or a non-finite / mass-losing plan.
+        OTError: invalid inputs, or a numerically failed plan (non-finite, or rows off by more
+            than 10% of the mass: costs over epsilon beyond the dtype's resolution).
     """
-    check_iterations(max_iter, tol)
-    check_iterations(inner_max_iter, inner_tol)
+    check_iterations(max_iter)
+    check_iterations(inner_max_iter)
     eps = check_epsilon(epsilon)
     if not 0.0 <= float(alpha) <= 1.0:
         raise OTError(f"alpha must lie in [0, 1], got {alpha!r}.")
     M_, batched = as_batch(M, "M")
+    tol = resolve_tolerance(tol, M_.dtype)
+    inner_tol = resolve_tolerance(inner_tol, M_.dtype, "inner_tol")
     batch, rows, cols = M_.shape
     C1_ = _structure(C1, "C1", batch, rows, M_)
     C2_ = _structure(C2, "C2", batch, cols, M_)
@@ -177,24 +184,21 @@ def entropic_fused_gromov_wasserstein(
 
     with torch.no_grad():
         plan, diagnostics = _mirror_descent(
-            M_.detach(), C1_.detach(), C2_.detach(), p_, q_, float(alpha), eps,
-            max_iter, tol, inner_max_iter, inner_tol, warm_start,
+            (M_.detach(), C1_.detach(), C2_.detach(), p_, q_),
+            float(alpha),
+            eps,
+            (max_iter, tol, inner_max_iter, inner_tol),
+            warm_start,
         )
-    check_plan(
-        diagnostics.marginal_error,
-        "entropic_fused_gromov_wasserstein",
-        "check the costs for extreme values or use float64.",
-    )
-    _check_mass(plan, p_, eps)
+    check_plan(diagnostics.marginal_error, "entropic_fused_gromov_wasserstein")
+    check_row_mass((plan.sum(-1) - p_).abs().sum(-1), p_.sum(-1), "entropic_fused_gromov_wasserstein")
     value = fused_gromov_wasserstein_value(plan, M_, C1_, C2_, float(alpha))
     objective = value + eps * torch.xlogy(plan, plan).sum((-2, -1))
     return FGWResult(
         plan=unbatch(plan, batched),
         value=unbatch(value, batched),
         objective=unbatch(objective, batched),
-        diagnostics=FGWDiagnostics(
-            **{name: unbatch(getattr(diagnostics, name), batched) for name in FGWDiagnostics.__dataclass_fields__}
-        ),
+        diagnostics=unbatch_record(diagnostics, batched),
     )
 
 
@@ -277,22 +281,20 @@ def _structure_pairs(C1: Tensor, C2: Tensor) -> list[tuple[Tensor, Tensor, float
 
 
 def _mirror_descent(
-    M: Tensor,
-    C1: Tensor,
-    C2: Tensor,
-    p: Tensor,
-    q: Tensor,
+    problem: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
     alpha: float,
     eps: float,
-    max_iter: int,
-    tol: float,
-    inner_max_iter: int,
-    inner_tol: float,
+    stopping_rules: tuple[int, float, int, float],
     warm_start: bool,
 ) -> tuple[Tensor, FGWDiagnostics]:
-    """Outer loop. The linearised cost :math:`(1-\\alpha)\\mathbf{M} + \\alpha\\nabla\\mathcal{Q}(\\mathbf{T})`
-    is split into its plan-independent part (computed once, with the marginal terms at ``p``,
-    ``q`` as in POT's ``init_matrix``) and :math:`-2\\alpha\\,\\mathbf{A}\\mathbf{T}\\mathbf{B}^\\top`."""
+    """Projected mirror descent (the outer loop) on ``problem = (M, C1, C2, p, q)``, no autograd.
+
+    The linearised cost :math:`(1-\\alpha)\\mathbf{M} + \\alpha\\nabla\\mathcal{Q}(\\mathbf{T})` is split
+    into its plan-independent part, computed once with the marginal terms at ``p``, ``q`` (POT's
+    ``init_matrix``), and :math:`-2\\alpha\\,\\mathbf{A}\\mathbf{T}\\mathbf{B}^\\top` per iteration.
+    """
+    M, C1, C2, p, q = problem
+    max_iter, tol, inner_max_iter, inner_tol = stopping_rules
     batch, rows, cols = M.shape
     log_p, log_q = p.log(), q.log()
     pairs = _structure_pairs(C1, C2)
@@ -303,12 +305,12 @@ def _mirror_descent(
     log_kernel_constant = constant / -eps
     plan = p.unsqueeze(-1) * q.unsqueeze(-2)
     f, g = M.new_zeros(batch, rows), M.new_zeros(batch, cols)
-    active = torch.ones(batch, dtype=torch.bool, device=M.device)
-    iterations = torch.zeros(batch, dtype=torch.long, device=M.device)
-    inner_iterations = torch.zeros_like(iterations)
-    inner_converged = torch.zeros_like(active)
+    stopping = BatchStopping(torch.ones(batch, dtype=torch.bool, device=M.device), may_stop=tol > 0)
+    inner_iterations = torch.zeros(batch, dtype=torch.long, device=M.device)
+    inner_converged = torch.zeros(batch, dtype=torch.bool, device=M.device)
     change = torch.full((batch,), float("inf"), dtype=M.dtype, device=M.device)
-    for _ in range(max_iter):
+    completed = 0
+    for completed in range(1, max_iter + 1):
         log_kernel = log_kernel_constant
         for A, B, weight in pairs:
             log_kernel = torch.baddbmm(
@@ -316,46 +318,25 @@ def _mirror_descent(
             )
         start = (f, g) if warm_start else (torch.zeros_like(f), torch.zeros_like(g))
         state = sinkhorn_iterations(
-            log_kernel, log_p, log_q, eps, *start, inner_max_iter, inner_tol, active=active.clone()
+            log_kernel, log_p, log_q, eps, *start, inner_max_iter, inner_tol, active=stopping.active
         )
-        new_plan = log_kernel.add_(torch.add(log_p, state.f, alpha=1.0 / eps).unsqueeze(-1))
-        new_plan = new_plan.add_(torch.add(log_q, state.g, alpha=1.0 / eps).unsqueeze(-2)).exp_()
+        new_plan = exponentiate_plan(log_kernel, log_p + state.f / eps, log_q + state.g / eps)
         step_change = (new_plan - plan).abs().sum((-2, -1))
-        if bool(active.all()):
-            plan, f, g = new_plan, state.f, state.g
-            change, inner_converged = step_change, state.converged
-        else:
-            keep = active.view(batch, 1, 1)
-            plan = torch.where(keep, new_plan, plan)
-            f = torch.where(keep.squeeze(-1), state.f, f)
-            g = torch.where(keep.squeeze(-1), state.g, g)
-            change = torch.where(active, step_change, change)
-            inner_converged = torch.where(active, state.converged, inner_converged)
+        plan = stopping.keep(new_plan, plan)
+        f, g = stopping.keep(state.f, f), stopping.keep(state.g, g)
+        change = stopping.keep(step_change, change)
+        inner_converged = stopping.keep(state.converged, inner_converged)
         inner_iterations += state.iterations
-        iterations += active.long()
-        active = active & ~(step_change <= tol)
-        if not bool(active.any()):
+        if stopping.stop(step_change < tol, completed):
             break
+    iterations, outer_converged = stopping.finish(completed)
     marginal_error = (plan.sum(-1) - p).abs().sum(-1) + (plan.sum(-2) - q).abs().sum(-1)
     diagnostics = FGWDiagnostics(
         iterations=iterations,
         marginal_error=marginal_error,
-        converged=~active & inner_converged,
+        converged=outer_converged & inner_converged,
         plan_change=change,
         inner_iterations=inner_iterations,
         inner_converged=inner_converged,
     )
     return plan, diagnostics
-
-
-def _check_mass(plan: Tensor, p: Tensor, eps: float) -> None:
-    """Refuse a plan that lost its mass (POT's silent failure mode) instead of returning it."""
-    expected = p.detach().sum(-1)
-    gap = (plan.sum((-2, -1)) - expected).abs() / expected
-    if bool((gap > _MASS_GUARD).any()):
-        worst = int(gap.argmax())
-        raise OTError(
-            f"entropic FGW lost transport mass in problem {worst} (plan sums to "
-            f"{float(plan[worst].sum()):.3g} instead of {float(expected[worst]):.3g}) with "
-            f"epsilon={eps:g}; rescale the costs (e.g. medot.ot.normalize_by_max) or use float64."
-        )

@@ -36,29 +36,30 @@ affine set :math:`\mathcal{C}_3`), so here the iterate is kept in factored log f
 \mathbf{q}_2 = 0`:
 
 .. math::
-    \mathbf{r} &= \min\big(\log\mathbf{a} - \log((\boldsymbol\alpha+\mathbf{q}_1)\text{-scaled row
-    sums}), 0\big), &
+    \mathbf{r} &= \min\big(\log\mathbf{a} - (\boldsymbol\alpha + \mathbf{q}_1)
+    - \operatorname{LSE}_j(-C_{ij}/\varepsilon + \beta_j), 0\big), &
     \boldsymbol\alpha &\leftarrow \boldsymbol\alpha + \mathbf{q}_1 + \mathbf{r}, &
     \mathbf{q}_1 &\leftarrow -\mathbf{r},\\
-    \mathbf{c} &= \min\big(\log\mathbf{b} - \log((\boldsymbol\beta+\mathbf{q}_2)\text{-scaled column
-    sums}), 0\big), &
+    \mathbf{c} &= \min\big(\log\mathbf{b} - (\boldsymbol\beta + \mathbf{q}_2)
+    - \operatorname{LSE}_i(-C_{ij}/\varepsilon + \alpha_i), 0\big), &
     \boldsymbol\beta &\leftarrow \boldsymbol\beta + \mathbf{q}_2 + \mathbf{c}, &
     \mathbf{q}_2 &\leftarrow -\mathbf{c},\\
-    \delta &= \log m - \log \mathbf{1}^\top\boldsymbol\Gamma\mathbf{1}, &
+    \delta &= \log m - \operatorname{LSE}_{ij}(\log\Gamma_{ij}), &
     \boldsymbol\alpha &\leftarrow \boldsymbol\alpha + \delta.
 
 This is the same sequence of plans as ``ot.partial.entropic_partial_wasserstein`` (both of its
 ``method`` variants), with two log-sum-exp passes per cycle and no ``[N, M]`` state besides
 ``-C/ε``; all sums are log-sum-exps, so small ``ε`` cannot underflow.
 
-**Stopping.** A problem stops when one cycle changes the log-plan by at most ``tol`` in sup-norm,
-:math:`\max_{ij}|\Delta\alpha_i + \Delta\beta_j|` (computed exactly from the vectors), and the mass
-correction :math:`|\delta|` is at most ``tol`` too, or after ``max_iter`` cycles (POT uses the
-Frobenius norm of the same log-plan change every 10 cycles). ``marginal_error`` reports the
-constraint violation of the returned plan, :math:`\|(\boldsymbol\Gamma\mathbf{1} -
-\mathbf{a})_+\|_1 + \|(\boldsymbol\Gamma^\top\mathbf{1} - \mathbf{b})_+\|_1 +
-|\mathbf{1}^\top\boldsymbol\Gamma\mathbf{1} - m|`; the last step is the mass projection, so the
-plan carries mass :math:`m` to rounding and the inequalities hold up to ``marginal_error``.
+**Stopping.** A problem stops after the first cycle that changes the log-plan by less than
+``tol`` in sup-norm, :math:`\max_{ij}|\Delta\alpha_i + \Delta\beta_j|` (computed exactly from the
+vectors), with a mass correction :math:`|\delta|` below ``tol`` too, or after ``max_iter`` cycles
+(POT uses the Frobenius norm of the same change, every 10th cycle). Problems of a batch stop
+independently and are frozen once converged. ``marginal_error`` reports the constraint violation
+of the returned plan, :math:`\|(\boldsymbol\Gamma\mathbf{1} - \mathbf{a})_+\|_1 +
+\|(\boldsymbol\Gamma^\top\mathbf{1} - \mathbf{b})_+\|_1 + |\mathbf{1}^\top\boldsymbol\Gamma\mathbf{1}
+- m|`; the last step is the mass projection, so the plan carries mass :math:`m` to rounding and the
+inequalities hold up to ``marginal_error``.
 
 **Returned values.** ``cost`` is :math:`\langle\boldsymbol\Gamma, \mathbf{C}\rangle_F` (POT's
 ``log['partial_w_dist']``); ``objective`` is :math:`\langle\boldsymbol\Gamma,\mathbf{C}\rangle_F +
@@ -94,13 +95,18 @@ from medot.ot._inputs import (
     marginal,
     mass_tolerance,
     needs_unrolled_graph,
+    resolve_tolerance,
     unbatch,
+    unbatch_record,
 )
-from medot.ot._kernels import batch_inner, logsumexp_shifted, with_envelope_gradient
-
-_CONVERGENCE_POLL = 10
-"""Cycles between host-side checks of "every problem converged" (one device sync each)."""
-
+from medot.ot._kernels import (
+    batch_inner,
+    exponentiate_plan,
+    logsumexp_shifted,
+    scaled_log_kernel,
+    with_envelope_gradient,
+)
+from medot.ot._stopping import BatchStopping
 
 @dataclass(frozen=True)
 class PartialDiagnostics:
@@ -137,7 +143,7 @@ def entropic_partial_wasserstein(
     mass: float | Tensor,
     epsilon: float,
     max_iter: int = 1000,
-    tol: float = 1e-6,
+    tol: float | None = None,
     gradient: Gradient = "unrolled",
 ) -> PartialResult:
     """Entropic partial OT moving mass ``mass`` between ``a`` and ``b`` under ``cost``.
@@ -150,16 +156,18 @@ def entropic_partial_wasserstein(
             ``0 < m <= min(sum(a), sum(b))`` (so ``m`` in ``(0, 1]`` for uniform weights).
         epsilon: entropic regularisation :math:`\\varepsilon > 0` (POT's ``reg``).
         max_iter: maximum number of Dykstra cycles (POT's ``numItermax``).
-        tol: stopping threshold on the per-cycle log-plan change (``0``: run ``max_iter`` cycles).
+        tol: stopping threshold on the per-cycle log-plan change (``0``: run ``max_iter`` cycles;
+            ``None``: 1e-6 in float64, 1e-4 in float32).
         gradient: ``"unrolled"`` or ``"envelope"`` (see the module docstring).
 
     Raises:
         OTError: invalid inputs (non-positive weights, infeasible ``mass``) or a non-finite plan.
     """
     check_gradient_mode(gradient)
-    check_iterations(max_iter, tol)
+    check_iterations(max_iter)
     eps = check_epsilon(epsilon)
     C, batched = as_batch(cost, "cost")
+    tol = resolve_tolerance(tol, C.dtype)
     check_finite(C, "cost")
     batch, rows, cols = C.shape
     a_ = marginal(a, C, rows, "a")
@@ -178,14 +186,11 @@ def entropic_partial_wasserstein(
         source, a_in, b_in, m_in = (
             (C, a_, b_, m) if record_graph else (C.detach(), a_.detach(), b_.detach(), m.detach())
         )
-        log_kernel = source / -eps
+        log_kernel = scaled_log_kernel(source, eps)
         alpha, beta, iterations, converged, change = _dykstra_cycles(
             log_kernel, a_in.log(), b_in.log(), m_in.log(), max_iter, tol
         )
-        if record_graph:
-            plan = torch.exp(log_kernel + alpha.unsqueeze(-1) + beta.unsqueeze(-2))
-        else:
-            plan = log_kernel.add_(alpha.unsqueeze(-1)).add_(beta.unsqueeze(-2)).exp_()
+        plan = exponentiate_plan(log_kernel, alpha, beta)
         row_mass, column_mass = plan.sum(-1), plan.sum(-2)
         objective = eps * ((row_mass * alpha).sum(-1) + (column_mass * beta).sum(-1))
     transported = row_mass.detach().sum(-1)
@@ -194,22 +199,22 @@ def entropic_partial_wasserstein(
         + (column_mass.detach() - b_.detach()).clamp_min(0).sum(-1)
         + (transported - m.detach()).abs()
     )
-    check_plan(violation, "entropic_partial_wasserstein", "use float64 or rescale the costs.")
+    check_plan(violation, "entropic_partial_wasserstein")
     transport_cost = batch_inner(plan, C)
     if not record_graph:
         objective = with_envelope_gradient(objective, [(C, plan)])
     diagnostics = PartialDiagnostics(
-        iterations=unbatch(iterations, batched),
-        marginal_error=unbatch(violation, batched),
-        converged=unbatch(converged, batched),
-        transported_mass=unbatch(transported, batched),
-        plan_change=unbatch(change, batched),
+        iterations=iterations,
+        marginal_error=violation,
+        converged=converged,
+        transported_mass=transported,
+        plan_change=change,
     )
     return PartialResult(
         plan=unbatch(plan, batched),
         cost=unbatch(transport_cost, batched),
         objective=unbatch(objective, batched),
-        diagnostics=diagnostics,
+        diagnostics=unbatch_record(diagnostics, batched),
     )
 
 
@@ -222,10 +227,11 @@ def _transported_mass(mass: float | Tensor, a: Tensor, b: Tensor) -> Tensor:
     m = m.expand(batch)
     available = torch.minimum(a.detach().sum(-1), b.detach().sum(-1))
     too_large = m.detach() > available * (1 + mass_tolerance(a.dtype))
-    if not bool(torch.isfinite(m.detach()).all()) or bool((m.detach() <= 0).any()) or bool(too_large.any()):
+    invalid = ~torch.isfinite(m.detach()) | (m.detach() <= 0) | too_large
+    if bool(invalid.any()):
         raise OTError(
             f"mass must satisfy 0 < m <= min(sum(a), sum(b)) = {float(available.min()):.6g}, "
-            f"got {m.detach().tolist() if m.ndim else float(m)}."
+            f"got {m.detach().tolist()}."
         )
     return m
 
@@ -239,10 +245,10 @@ def _dykstra_cycles(
     alpha = (log_m - total).unsqueeze(-1).expand(batch, rows)
     beta = log_kernel.new_zeros(batch, cols)
     q_rows, q_cols = torch.zeros_like(alpha), torch.zeros_like(beta)
-    active = torch.ones(batch, dtype=torch.bool, device=log_kernel.device)
-    iterations = torch.zeros(batch, dtype=torch.long, device=log_kernel.device)
+    stopping = BatchStopping(torch.ones(batch, dtype=torch.bool, device=log_kernel.device), may_stop=tol > 0)
     change = torch.full((batch,), float("inf"), dtype=log_kernel.dtype, device=log_kernel.device)
-    for step in range(max_iter):
+    completed = 0
+    for completed in range(1, max_iter + 1):
         alpha_shifted = alpha + q_rows
         r = (log_a - logsumexp_shifted(log_kernel, beta, -1) - alpha_shifted).clamp(max=0)
         alpha_rows = alpha_shifted + r
@@ -252,18 +258,16 @@ def _dykstra_cycles(
         beta_new = beta_shifted + c
         delta = log_m - torch.logsumexp(log_columns + c, -1)
         alpha_new = alpha_rows + delta.unsqueeze(-1)
-        d_alpha, d_beta = alpha_new - alpha, beta_new - beta
-        cycle_change = torch.maximum(
-            (d_alpha.amax(-1) + d_beta.amax(-1)).abs(), (d_alpha.amin(-1) + d_beta.amin(-1)).abs()
-        ).maximum(delta.abs())
-        keep = active.unsqueeze(-1)
-        alpha = torch.where(keep, alpha_new, alpha)
-        beta = torch.where(keep, beta_new, beta)
-        q_rows = torch.where(keep, -r, q_rows)
-        q_cols = torch.where(keep, -c, q_cols)
-        change = torch.where(active, cycle_change.detach(), change)
-        iterations = iterations + active.long()
-        active = active & ~(cycle_change <= tol)
-        if step % _CONVERGENCE_POLL == _CONVERGENCE_POLL - 1 and not bool(active.any()):
+        measuring = tol > 0 or completed == max_iter
+        if measuring:
+            d_alpha, d_beta = alpha_new - alpha, beta_new - beta
+            cycle_change = torch.maximum(
+                (d_alpha.amax(-1) + d_beta.amax(-1)).abs(), (d_alpha.amin(-1) + d_beta.amin(-1)).abs()
+            ).maximum(delta.abs())
+            change = stopping.keep(cycle_change.detach(), change)
+        alpha, beta = stopping.keep(alpha_new, alpha), stopping.keep(beta_new, beta)
+        q_rows, q_cols = stopping.keep(-r, q_rows), stopping.keep(-c, q_cols)
+        if tol > 0 and stopping.stop(cycle_change < tol, completed):
             break
-    return alpha, beta, iterations, ~active, change
+    iterations, converged = stopping.finish(completed)
+    return alpha, beta, iterations, converged, change

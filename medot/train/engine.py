@@ -146,16 +146,17 @@ class _Run:
 
     # ------------------------------------------------------------------ the loop
     def execute(self, resume: bool) -> TrainResult:
-        config, progress = self.config, self.progress
+        config = self.config
         try:
             self.task.to(self.device).train()
             if resume and self.resume_path is not None and checkpoint_paths(self.resume_path)[1].is_file():
                 self._restore(load_checkpoint(self.resume_path))
-                start = f"resuming at epoch {progress.epoch + 1}/{config.epochs}, step {progress.step_in_epoch}"
+                start = f"resuming after epoch {self.progress.epoch}, step {self.progress.step_in_epoch}"
             else:
                 seed_everything(config.seed)
                 self.optimizer = build_optimizer(self.task.parameter_groups(), config)
                 start = f"training {config.epochs} epochs on {self.device}"
+            progress = self.progress
             model = wrap_for_training(self.task, self.device)
             self._emit("start", message=start)
             while progress.epoch < config.epochs and not progress.stopped_early:

@@ -13,8 +13,9 @@ EventKind = Literal["start", "step", "epoch", "checkpoint", "early_stop", "cance
 class TrainEvent:
     """One thing that happened during :meth:`medot.train.Trainer.fit`.
 
-    ``epoch`` is the 1-based epoch in progress (or just finished, for "epoch"), ``step`` the
-    number of optimiser steps taken so far, ``metrics`` the numbers worth showing (running or
+    ``epoch`` is the 1-based epoch in progress, or between epochs the last one finished (0
+    before the first step; for "epoch" events, the one just finished); ``step`` is the number of
+    optimiser steps taken so far, ``metrics`` the numbers worth showing (running or
     epoch-mean loss terms, ``lr``, ``val_score``, ``best_score``...) and ``message`` a line for a
     person. Kinds: "start", "step" (every ``event_every_steps`` steps), "epoch", "checkpoint",
     "early_stop", "cancelled", "done" and "error". Only rank 0 emits events.

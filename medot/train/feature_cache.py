@@ -5,8 +5,8 @@ The image tower is frozen, so for a fixed image, preprocessing and view its outp
 SHA-256 of its key::
 
     {format, backbone name, backbone dtype, preprocessing (size, mean, std, interpolation),
-     requested layers, view index, augmentation (seed, crop scale/ratio, flip; views >= 1 only),
-     SHA-256 of the image file's bytes}
+     requested layers, reader, view index, augmentation (seed, crop scale/ratio, flip; views >= 1
+     only), SHA-256 of the image file's bytes}
 
 so editing an image, switching backbone or layers, or changing the augmentation seed selects other
 entries, while view 0 (the un-augmented image) is shared by every seed. View ``v >= 1`` is a random
@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from medot.backbones.base import VisionLanguageBackbone
-from medot.checkpoint import _atomic_write
+from medot.checkpoint import atomic_write
 from medot.config import Settings
 from medot.errors import ImageReadError
 
@@ -150,13 +150,16 @@ class FeatureCache:
         batch_size: int = 32,
         progress: bool = True,
         read: ImageReader | None = None,
+        read_key: str = "medot.data.io.read_image",
     ) -> CachedFeatures:
         """Features of ``views`` views of each image in ``paths``, from the cache where present.
 
         Missing entries are computed ``batch_size`` views at a time with ``backbone.encode_image``
         (no gradients) and stored. ``read(path)`` returns the image as ``HxWx3`` float in [0, 1]
         (default: :func:`medot.data.io.read_image` then ``.rgb()``); it is called only for images
-        with at least one missing view.
+        with at least one missing view. ``read_key`` names what ``read`` does and is part of the
+        key: give a custom reader (other DICOM windowing, say) its own, so the same file read
+        differently is not served stale features.
         """
         if not paths:
             raise ValueError("encode needs at least one image path")
@@ -190,7 +193,7 @@ class FeatureCache:
                 hashes.append(digest)
                 image = None
                 for view in range(views):
-                    entry = self._entry(backbone, layers, view, seed, augmentation, digest)
+                    entry = self._entry(backbone, layers, read_key, view, seed, augmentation, digest)
                     cached = self._read(entry, layers)
                     if cached is not None:
                         tensors, entry_grids = cached
@@ -228,6 +231,7 @@ class FeatureCache:
         self,
         backbone: VisionLanguageBackbone,
         layers: tuple[str, ...],
+        read_key: str,
         view: int,
         seed: int,
         augmentation: ViewAugmentation,
@@ -240,6 +244,7 @@ class FeatureCache:
                 "dtype": str(backbone.dtype),
                 "preprocess": asdict(backbone.preprocess),
                 "layers": sorted(layers),
+                "reader": read_key,
                 "view": view,
                 "augmentation": None if view == 0 else {"seed": seed, **asdict(augmentation)},
                 "image_sha256": image_sha256,
@@ -253,7 +258,7 @@ class FeatureCache:
     def _write(entry: _Entry, tensors: dict[str, torch.Tensor], grids: dict[str, tuple[int, int]]) -> None:
         entry.path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {"key": entry.key, "grids": json.dumps(grids)}
-        _atomic_write(entry.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        atomic_write(entry.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @staticmethod
     def _read(

@@ -1,0 +1,55 @@
+"""Evaluation metrics shared by the four medot methods.
+
+Anomaly detection and localisation (:mod:`medot.eval.anomaly`; MADPOT, PRADOT, zero-shot):
+
+* :func:`image_auroc` -- AUROC of one anomaly score per image (scikit-learn ``roc_auc_score``);
+* :func:`pixel_auroc` -- AUROC over all pixels of ``[N, H, W]`` maps against binary masks, equal
+  to ``roc_auc_score`` on the flattened arrays with one float32 copy of the normal pixels as its
+  largest allocation;
+* :func:`au_pro` -- area under the per-region-overlap curve up to a false-positive-rate limit
+  (MVTec AD, Bergmann et al., IJCV 2021: 8-connected regions, exact threshold sweep, trapezoid
+  rule interpolated at the limit, normalised by it), returned as :class:`AUPROResult` with the
+  limit it used (:data:`DEFAULT_FPR_LIMIT` = 0.3).
+
+Classification (:mod:`medot.eval.classification`; K-MaT):
+
+* :func:`accuracy`, :func:`macro_f1` (scikit-learn);
+* :func:`harmonic_mean_accuracy` -- K-MaT's H = 2 Hi Lo / (Hi + Lo) of high-end and low-end
+  accuracy;
+* :func:`summarise_seeds` -- mean and sample standard deviation of each metric over seeds.
+
+Inputs may be numpy arrays, torch tensors on any device, or sequences of them. Inputs a metric is
+undefined for (one class only, masks without anomalous pixels, NaN scores, shape mismatches)
+raise :class:`MetricError`, a :class:`medot.errors.MedotError` and a ``ValueError``, with a
+message that says what to change.
+"""
+
+from medot.eval._inputs import MetricError
+from medot.eval.anomaly import (
+    DEFAULT_FPR_LIMIT,
+    AUPROResult,
+    au_pro,
+    image_auroc,
+    pixel_auroc,
+)
+from medot.eval.classification import (
+    SeedSummary,
+    accuracy,
+    harmonic_mean_accuracy,
+    macro_f1,
+    summarise_seeds,
+)
+
+__all__ = [
+    "DEFAULT_FPR_LIMIT",
+    "AUPROResult",
+    "MetricError",
+    "SeedSummary",
+    "au_pro",
+    "accuracy",
+    "harmonic_mean_accuracy",
+    "image_auroc",
+    "macro_f1",
+    "pixel_auroc",
+    "summarise_seeds",
+]

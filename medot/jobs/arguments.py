@@ -1,0 +1,132 @@
+"""Which arguments a training job accepts, how they are checked, and how they reach the command.
+
+Job arguments come from the app's forms, so every one is checked before a job is queued: the
+method must be known, the argument names must be on that method's list (nothing else - not
+``--out`` nor ``--resume`` - can be slipped into the command), numbers must be finite and in range,
+and every path must lie inside the data root once symlinks and ``..`` are resolved
+(:func:`medot.config.confine_path`; a dataset may also be :data:`SYNTHETIC`). Checked arguments
+become ``--name=value`` items of an argument list (never a shell string): the ``=`` form keeps a
+value that starts with ``-`` from being read as an option.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from medot.config import confine_path
+from medot.jobs.registry import JobError
+
+SYNTHETIC = "synthetic"
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One accepted argument. ``kind``: "int"/"float" (within [``minimum``, ``maximum``]),
+    "choice" (one of ``choices``), "flag" (a bool; True passes ``--name``), "path" (inside the data
+    root) or "dataset" (a path inside the data root, or :data:`SYNTHETIC`)."""
+
+    kind: Literal["int", "float", "choice", "flag", "path", "dataset"]
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+#: what every few-shot training command accepts (the shared engine's settings and the data)
+TRAIN_ARGUMENTS: dict[str, Argument] = {
+    "dataset": Argument("dataset"),
+    "shots": Argument("int", 1, 1024),
+    "epochs": Argument("int", 1, 10_000),
+    "lr": Argument("float", 1e-8, 10.0),
+    "batch_size": Argument("int", 1, 65_536),
+    "seed": Argument("int", 0, 2**32 - 1),
+    "patience": Argument("int", 1, 10_000),
+    "backbone": Argument("choice", choices=("auto", "biomedclip", "lite")),
+    "device": Argument("choice", choices=("auto", "cpu", "cuda")),
+    "amp": Argument("flag"),
+}
+
+#: the methods the app can train, and their arguments
+METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
+    "kmat": TRAIN_ARGUMENTS,
+    "madpot": TRAIN_ARGUMENTS,
+    "pradot": TRAIN_ARGUMENTS,
+}
+
+
+def validate_arguments(
+    method: str, arguments: Mapping[str, Any], data_root: Path, methods: Mapping[str, Mapping[str, Argument]]
+) -> dict[str, Any]:
+    """Checked, normalised copy of ``arguments`` (ints as int, paths absolute and resolved; None
+    values dropped: the command's default applies). Raises :class:`JobError`, or
+    :class:`~medot.errors.PathNotAllowedError` for a path outside ``data_root``."""
+    if method not in methods:
+        raise JobError(f"unknown training method {method!r}; choose one of {', '.join(sorted(methods))}")
+    accepted = methods[method]
+    unknown = sorted(set(arguments) - set(accepted))
+    if unknown:
+        raise JobError(
+            f"{method} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}"
+        )
+    return {
+        name: _check(name, value, accepted[name], data_root)
+        for name, value in arguments.items()
+        if value is not None
+    }
+
+
+def cli_flags(arguments: Mapping[str, Any]) -> list[str]:
+    """``{"batch_size": 8, "amp": True}`` -> ``["--batch-size=8", "--amp"]`` (False flags omitted)."""
+    flags = []
+    for name, value in arguments.items():
+        option = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.extend([option] if value else [])
+        else:
+            flags.append(f"{option}={value}")
+    return flags
+
+
+def _check(name: str, value: Any, argument: Argument, data_root: Path) -> Any:
+    if argument.kind in ("int", "float"):
+        return _check_number(name, value, argument)
+    if argument.kind == "flag":
+        if not isinstance(value, bool):
+            raise JobError(f"{name} must be true or false, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise JobError(f"{name} must be text, got {value!r}")
+    if argument.kind == "choice":
+        if value not in argument.choices:
+            raise JobError(f"{name} must be one of {', '.join(argument.choices)}, got {value!r}")
+        return value
+    if argument.kind == "dataset" and value == SYNTHETIC:
+        return value
+    path = confine_path(value, data_root)
+    if not path.exists():
+        raise JobError(f"{name}: {path} does not exist under the data root {data_root}")
+    return str(path)
+
+
+def _check_number(name: str, value: Any, argument: Argument) -> int | float:
+    """A number (or its text) of the argument's kind, within its range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise JobError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise JobError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise JobError(f"{name} must be finite, got {value!r}")
+    if argument.kind == "int":
+        if not number.is_integer():
+            raise JobError(f"{name} must be a whole number, got {value!r}")
+        number = int(number)
+    if argument.minimum is not None and number < argument.minimum:
+        raise JobError(f"{name} must be at least {argument.minimum:g}, got {value!r}")
+    if argument.maximum is not None and number > argument.maximum:
+        raise JobError(f"{name} must be at most {argument.maximum:g}, got {value!r}")
+    return number
