@@ -7,12 +7,16 @@ plain line (``medot: error: ...``) with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
 
 from medot import __version__
 from medot.errors import MedotError
+
+#: method packages whose ``cli.register(commands, train_methods, benchmark_methods)`` adds sub-commands
+METHOD_CLIS = ("medot.methods.kmat.cli", "medot.methods.pradot.cli")
 
 DESCRIPTION = """\
 medot - optimal-transport methods for medical imaging on frozen vision-language backbones.
@@ -101,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     predict.add_argument("--json", action="store_true", help="print machine-readable JSON")
     predict.set_defaults(run=_cmd_predict)
+
+    train = commands.add_parser("train", help="train a method (see 'medot train METHOD --help')")
+    train_methods = train.add_subparsers(dest="method", metavar="METHOD", required=True)
+    benchmark = commands.add_parser("benchmark", help="compare a method with its baselines (see 'medot benchmark METHOD --help')")
+    benchmark_methods = benchmark.add_subparsers(dest="method", metavar="METHOD", required=True)
+    for module in METHOD_CLIS:
+        importlib.import_module(module).register(commands, train_methods, benchmark_methods)
     return parser
 
 

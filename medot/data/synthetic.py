@@ -535,3 +535,21 @@ def write_synthetic_benchmark(
         mvtec_category=MVTEC_CATEGORY,
         manifest=root / MANIFEST_NAME,
     )
+
+
+#: cases per class of the shared demo benchmark under ``$MEDOT_HOME/synthetic``: 20 K-MaT training
+#: cases per class, enough for 16 shots
+DEMO_CASES_PER_CLASS = 40
+
+
+def ensure_synthetic_benchmark(root: str | Path, n_per_class: int = DEMO_CASES_PER_CLASS) -> Path:
+    """``root`` holding a complete synthetic benchmark (seed 0), written there first if absent or
+    interrupted. The methods' ``synthetic`` dataset name resolves to this folder."""
+    root = Path(root)
+    try:
+        complete = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8")).get("complete") is True
+    except (OSError, ValueError, AttributeError):
+        complete = False
+    if not complete:
+        write_synthetic_benchmark(root, seed=0, n_per_class=n_per_class)
+    return root

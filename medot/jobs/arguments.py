@@ -35,25 +35,32 @@ class Argument:
     choices: tuple[str, ...] = ()
 
 
-#: what every few-shot training command accepts (the shared engine's settings and the data)
+#: what every training command accepts (the data - ``--dataset`` - and the run's settings)
 TRAIN_ARGUMENTS: dict[str, Argument] = {
     "dataset": Argument("dataset"),
-    "shots": Argument("int", 1, 1024),
     "epochs": Argument("int", 1, 10_000),
-    "lr": Argument("float", 1e-8, 10.0),
     "batch_size": Argument("int", 1, 65_536),
     "seed": Argument("int", 0, 2**32 - 1),
-    "patience": Argument("int", 1, 10_000),
     "backbone": Argument("choice", choices=("auto", "biomedclip", "lite")),
     "device": Argument("choice", choices=("auto", "cpu", "cuda")),
-    "amp": Argument("flag"),
 }
 
-#: the methods the app can train, and their arguments
+#: the methods the app can train, and their arguments (names of ``medot train <method>`` flags)
 METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
-    "kmat": TRAIN_ARGUMENTS,
-    "madpot": TRAIN_ARGUMENTS,
-    "pradot": TRAIN_ARGUMENTS,
+    "kmat": {
+        **TRAIN_ARGUMENTS,
+        "method": Argument("choice", choices=("kmat", "coop", "cocoop", "kgcoop", "biomedcoop")),
+        "shots": Argument("int", 1, 1024),
+        "lr": Argument("float", 1e-8, 10.0),
+        "patience": Argument("int", 1, 10_000),
+        "lambda_anc": Argument("float", 0.0, 1e4),
+        "lambda_fgw": Argument("float", 0.0, 1e4),
+    },
+    "pradot": {
+        **TRAIN_ARGUMENTS,
+        "n_prototypes": Argument("int", 1, 1024),
+        "epsilon": Argument("float", 1e-4, 10.0),
+    },
 }
 
 

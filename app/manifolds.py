@@ -1,0 +1,54 @@
+"""Prompt-manifolds tab: a 2-D t-SNE / UMAP map of a prompt-learning checkpoint's class embeddings
+w_{i,H}, w_{i,L}, anchors and description embeddings, optionally beside a second checkpoint (e.g.
+trained with and without L_fgw) in one joint projection."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app.feedback import user_errors
+from app.models import listed_model, model_choices
+from medot.config import Settings
+from medot.methods.kmat.runner import TRAINED_METHODS
+from medot.viz import manifold_figure
+from medot.viz.kmat_adapters import load_kmat_artefacts, prompt_embedding_set
+
+NONE = ""
+NOTE = (
+    "Colour: class; marker: kind (prompt w, anchor p̄, description); filled / open: high-end / low-end "
+    "modality. Checkpoints store no image features, so none are drawn."
+)
+
+
+def manifold_plot(settings: Settings, first: str | None, second: str | None, method: str, descriptions: bool):
+    if not first:
+        raise gr.Error("Choose a trained K-MaT (or prompt-learning) model first.", print_exception=False)
+    paths = [first] + ([second] if second and second != first else [])
+    with user_errors():
+        sets, titles = [], []
+        for path in paths:
+            meta = listed_model(settings, path, TRAINED_METHODS)
+            sets.append(prompt_embedding_set(load_kmat_artefacts(path), descriptions=descriptions))
+            fgw = (meta.get("hyper_parameters") or {}).get("transport")
+            titles.append(f"{meta['method']}" + ("" if fgw is None else " with L_fgw" if fgw else " without L_fgw"))
+        return manifold_figure(sets, titles=titles if len(sets) > 1 else None, method=method)
+
+
+def build_manifold_tab(settings: Settings) -> list[gr.Dropdown]:
+    """Lay out the tab; returns its two model dropdowns (refreshed when training adds a model)."""
+    choices = model_choices(settings, TRAINED_METHODS)
+    gr.Markdown(NOTE)
+    with gr.Row():
+        first = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Model")
+        second = gr.Dropdown([("none", NONE), *choices], value=NONE, label="Compare with")
+        method = gr.Radio(["tsne", "umap"], value="tsne", label="Projection")
+        descriptions = gr.Checkbox(value=True, label="Show description embeddings")
+    draw = gr.Button("Draw the manifold", variant="primary")
+    plot = gr.Plot(label="Prompt manifold")
+    draw.click(
+        lambda a, b, m, d: manifold_plot(settings, a, b, m, d),
+        inputs=[first, second, method, descriptions],
+        outputs=[plot],
+        api_name="manifold",
+    )
+    return [first, second]

@@ -1,0 +1,1 @@
+"""The medot methods, one sub-package each (model, losses, training glue, CLI, paper notes)."""

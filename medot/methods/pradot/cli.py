@@ -1,0 +1,320 @@
+"""``medot train pradot``, ``medot benchmark pradot`` and ``medot predict-anomaly``.
+
+Top-level imports stay light (argparse only); torch and the model load inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+PREDICT_COMMAND = "predict-anomaly"
+
+
+def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
+    """Add the PRADOT sub-commands to the ``medot`` parser (see the module docstring)."""
+    train = train_methods.add_parser(
+        "pradot",
+        help="train a PRADOT ensemble (OT prototypes) on the normal images of one anomaly class",
+        description="Train PRADOT (Trombetta & Lartizien 2025) on the normal training images of one MVTec "
+        "category or MVFA object, evaluate it on the test split, and save one checkpoint holding every "
+        "(layer, alpha) ensemble member.",
+    )
+    _add_data_options(train, several=False)
+    _add_pradot_options(train)
+    train.add_argument("--out", default=None, help="checkpoint folder (default: $MEDOT_HOME/models/pradot-<class>)")
+    train.add_argument(
+        "--resume", action="store_true",
+        help="re-run an interrupted job into --out (PRADOT keeps no optimiser state: training starts over)",
+    )
+    train.set_defaults(run=_run_train)
+
+    benchmark = benchmark_methods.add_parser(
+        "pradot",
+        help="PRADOT against a PatchCore baseline on the same features, per class",
+        description="For each class: train PRADOT and fit a PatchCore memory bank on the same cached patch "
+        "features, then report image AUROC, pixel AUROC and AU-PRO (FPR limits 0.3 and 0.05).",
+    )
+    _add_data_options(benchmark, several=True)
+    _add_pradot_options(benchmark)
+    benchmark.add_argument("--coreset-ratio", type=float, default=0.1, help="PatchCore coreset fraction (default: 0.1)")
+    benchmark.add_argument(
+        "--reweight", action="store_true", help="PatchCore image score with the Eq. 7 re-weighting (default: plain max)"
+    )
+    benchmark.add_argument(
+        "--ot-score", action="store_true", help="also evaluate PRADOT's per-image OT cost as image score (slow on CPU)"
+    )
+    benchmark.add_argument(
+        "--out", default=None, help="folder for the CSV/JSON results (default: $MEDOT_HOME/benchmarks/pradot)"
+    )
+    benchmark.set_defaults(run=_run_benchmark)
+
+    predict = commands.add_parser(
+        PREDICT_COMMAND,
+        help="anomaly map (PNG overlay + .npy) and image score from a trained PRADOT model",
+    )
+    predict.add_argument("images", nargs="+", help="PNG/JPEG/BMP/TIFF/DICOM/.npy files")
+    predict.add_argument("--model", required=True, help="PRADOT checkpoint (model, model.json or model.safetensors)")
+    predict.add_argument("--out", default=".", help="folder for <image>_pradot.png / .npy (default: .)")
+    predict.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    predict.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    predict.set_defaults(run=_run_predict)
+
+
+# ---------------------------------------------------------------------------------- options
+def _add_data_options(parser: argparse.ArgumentParser, *, several: bool) -> None:
+    parser.add_argument(
+        "--data", "--dataset", dest="data", required=True,
+        help="MVTec AD or MVFA dataset folder, or 'synthetic' (the demo phantoms under $MEDOT_HOME/synthetic)",
+    )
+    if several:
+        parser.add_argument(
+            "--category", "--object", dest="names", nargs="+", default=None,
+            help="classes to run (MVTec categories / MVFA objects; default: all)",
+        )
+    else:
+        parser.add_argument(
+            "--category", "--object", dest="name", default=None,
+            help="the MVTec category / MVFA object (needed when the folder holds several)",
+        )
+    parser.add_argument("--backbone", default="auto", help="backbone name (default: auto)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_pradot_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layers", nargs="+", default=None,
+        help="backbone layers, one ensemble member per (layer, alpha) (default: the backbone's two shallowest "
+        "default layers; lite: stride8 stride16)",
+    )
+    parser.add_argument("--alpha", dest="alphas", type=float, nargs="+", default=[0.0, 0.3],
+                        help="structure weights alpha in [0, 1] (default: 0 0.3)")
+    parser.add_argument("--n-prototypes", type=int, default=16, help="prototypes per grid location (default: 16)")
+    parser.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per OT batch (default: 64)")
+    parser.add_argument("--epsilon", type=float, default=0.01, help="entropic regularisation (default: 0.01)")
+    parser.add_argument("--sinkhorn-iterations", type=int, default=100, help="Sinkhorn iterations (default: 100)")
+    parser.add_argument("--ema", type=float, default=0.95, help="EMA momentum of the prototypes (default: 0.95)")
+    parser.add_argument("--update-positions", action="store_true", help="let prototype positions follow an EMA too")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _config(args: argparse.Namespace, backbone: Any):
+    from medot.methods.pradot.config import PradotConfig
+
+    layers = tuple(args.layers) if args.layers else tuple(backbone.default_layers[:2])
+    unknown = [layer for layer in layers if layer not in backbone.feature_layers]
+    if unknown:
+        from medot.errors import MedotError
+
+        raise MedotError(
+            f"backbone {backbone.name} has no layer(s) {unknown}; choose from {list(backbone.feature_layers)}"
+        )
+    return PradotConfig(
+        layers=layers,
+        alphas=tuple(args.alphas),
+        n_prototypes=args.n_prototypes,
+        epsilon=args.epsilon,
+        sinkhorn_iterations=args.sinkhorn_iterations,
+        ema=args.ema,
+        update_positions=args.update_positions,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+
+
+def _device(args: argparse.Namespace) -> str:
+    import torch
+
+    if args.device and args.device != "auto":
+        return args.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _data_root(data: str) -> str:
+    """``synthetic`` -> the demo benchmark's MVTec-layout folder (written on first use)."""
+    if data != "synthetic":
+        return data
+    from medot.config import Settings
+    from medot.data.synthetic import MVTEC_DIR, ensure_synthetic_benchmark
+
+    return str(ensure_synthetic_benchmark(Settings.from_env().home / "synthetic") / MVTEC_DIR)
+
+
+# ---------------------------------------------------------------------------------- train
+def _run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medot.backbones import create_backbone
+    from medot.config import Settings
+    from medot.methods.pradot.data import load_anomaly_splits, resolve_class
+    from medot.methods.pradot.detector import save_pradot
+    from medot.methods.pradot.evaluation import EvaluationSet
+    from medot.jobs.protocol import EXIT_CANCELLED, event_sink_from_env, stop_requested_from_signals
+    from medot.methods.pradot.training import build_model, encode_tokens, train_pradot
+
+    args.data = _data_root(args.data)
+    name = resolve_class(args.data, args.name)
+    splits = load_anomaly_splits(args.data, name)
+    device = _device(args)
+    backbone = create_backbone(args.backbone, device=device)
+    config = _config(args, backbone)
+    progress = not args.quiet
+    tokens, grids = encode_tokens(backbone, splits.train, config.layers, progress=progress)
+    model = build_model(config, tokens, grids)
+    print(f"PRADOT on {name} ({len(splits.train)} normal training images), backbone {backbone.name}, "
+          f"{len(model.members)} members: {', '.join(m.name for m in model.members)}")
+    result = train_pradot(
+        model, tokens, config, device=device, progress=progress,
+        on_event=event_sink_from_env(), should_stop=stop_requested_from_signals(),
+    )
+    if result.status == "cancelled":
+        print("training cancelled; nothing saved (re-run, or resume the job, to train again)")
+        return EXIT_CANCELLED
+    model.eval()
+    size = (backbone.preprocess.image_size,) * 2
+    test_set = EvaluationSet.load(backbone, splits, config.layers, progress=progress)
+    metrics = {"class": name, **test_set.evaluate(lambda t: model(t, size), model.members[0].features.device)}
+    out = Path(args.out) if args.out else Settings.from_env().models_dir / f"pradot-{name}"
+    training = {"status": result.status, "batch_size": result.batch_size, "steps": result.steps,
+                "history": result.history, "train_images": len(splits.train)}
+    path = save_pradot(out / "model", model, backbone=backbone.name, image_size=size[0], config=config,
+                       metrics=metrics, training=training)
+    print(_format_table([{"method": "PRADOT", **metrics}]))
+    print(f"saved the PRADOT model to {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- benchmark
+COLUMNS = (
+    ("class", "class", "{}"),
+    ("method", "method", "{}"),
+    ("image_auroc", "img AUROC", "{:.4f}"),
+    ("pixel_auroc", "px AUROC", "{:.4f}"),
+    ("au_pro@0.3", "AU-PRO@0.3", "{:.4f}"),
+    ("au_pro@0.05", "AU-PRO@0.05", "{:.4f}"),
+    ("image_auroc_ot", "img AUROC (OT)", "{:.4f}"),
+    ("fit_seconds", "fit s", "{:.1f}"),
+    ("ms_per_image", "ms/img", "{:.1f}"),
+)
+
+
+def _format_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as aligned text; a column is shown only if some row has it, missing values as 'n/a'."""
+    shown = [(key, title, fmt) for key, title, fmt in COLUMNS if any(row.get(key) is not None for row in rows)]
+    cells = [[title for _, title, _ in shown]]
+    for row in rows:
+        cells.append(["n/a" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in shown])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(shown))]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths)) for line in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append("AU-PRO@L: area under the per-region-overlap curve up to FPR L, normalised by L.")
+    return "\n".join(lines)
+
+
+def _mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One 'mean' row per method over its classes (metrics defined in every class only)."""
+    means = []
+    for method in dict.fromkeys(row["method"] for row in rows):
+        mine = [row for row in rows if row["method"] == method]
+        mean: dict[str, Any] = {"class": "mean", "method": method}
+        for key, _, _ in COLUMNS[2:]:
+            values = [row.get(key) for row in mine]
+            mean[key] = None if any(v is None for v in values) else sum(values) / len(values)
+        means.append(mean)
+    return means
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    import csv
+    import json
+    from pathlib import Path
+
+    from medot.backbones import create_backbone
+    from medot.config import Settings
+    from medot.methods.pradot.config import PatchCoreConfig
+    from medot.methods.pradot.data import anomaly_classes, load_anomaly_splits, resolve_class
+    from medot.methods.pradot.evaluation import benchmark_class
+
+    args.data = _data_root(args.data)
+    _, available = anomaly_classes(args.data)
+    names = [resolve_class(args.data, name) for name in args.names] if args.names else list(available)
+    device = _device(args)
+    backbone = create_backbone(args.backbone, device=device)
+    config = _config(args, backbone)
+    patchcore = PatchCoreConfig(coreset_ratio=args.coreset_ratio, reweight=args.reweight, seed=args.seed)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        splits = load_anomaly_splits(args.data, name)
+        print(f"{name}: {len(splits.train)} normal training images, {len(splits.test)} test images")
+        result = benchmark_class(backbone, splits, config, patchcore, device=device, ot_score=args.ot_score,
+                                 progress=not args.quiet)
+        rows.extend(result.rows)
+    table_rows = rows + (_mean_rows(rows) if len(names) > 1 else [])
+    print(f"backbone {backbone.name}; PRADOT members: layers {list(config.layers)} x alphas {list(config.alphas)}; "
+          f"PatchCore on the same layers, coreset {patchcore.coreset_ratio:g}")
+    print(_format_table(table_rows))
+    out = Path(args.out) if args.out else Settings.from_env().home / "benchmarks" / "pradot"
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(key for row in table_rows for key in row))
+    with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(table_rows)
+    summary = {"backbone": backbone.name, "data": str(args.data), "pradot": config.to_dict(),
+               "patchcore": {"coreset_ratio": patchcore.coreset_ratio, "reweight": patchcore.reweight,
+                             "projection_eps": patchcore.projection_eps, "blur_sigma": patchcore.blur_sigma},
+               "fpr_limits": [0.3, 0.05], "rows": table_rows}
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out / 'results.csv'} and {out / 'results.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- predict
+def _output_stems(paths: list) -> list[str]:
+    """File stems for the outputs; a stem shared by several inputs gets ``-1``, ``-2``... in input order."""
+    stems = [path.stem for path in paths]
+    seen: dict[str, int] = {}
+    unique = []
+    for stem in stems:
+        if stems.count(stem) == 1:
+            unique.append(stem)
+            continue
+        seen[stem] = seen.get(stem, 0) + 1
+        unique.append(f"{stem}-{seen[stem]}")
+    return unique
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from medot.data.io import read_image
+    from medot.methods.pradot.data import view_image
+    from medot.methods.pradot.detector import load_pradot
+    from medot.methods.pradot.overlay import save_overlay
+
+    detector = load_pradot(args.model, device=_device(args))
+    images = [read_image(path).rgb() for path in args.images]
+    maps, scores = detector.predict(images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    stems = _output_stems([Path(path) for path in args.images])
+    outputs = zip(args.images, stems, images, maps.numpy(), scores.tolist(), strict=True)
+    for path, stem, image, anomaly_map, score in outputs:
+        npy = out / f"{stem}_pradot.npy"
+        np.save(npy, anomaly_map)
+        png = save_overlay(out / f"{stem}_pradot.png", view_image(detector.backbone, image), anomaly_map)
+        results.append({"image": str(path), "score": score, "overlay": str(png), "map": str(npy)})
+    if args.json:
+        print(json.dumps({"backbone": detector.backbone.name, "results": results}, indent=2))
+        return 0
+    for result in results:
+        print(f"{result['image']}: anomaly score {result['score']:.4f} "
+              f"(map: {result['map']}, overlay: {result['overlay']})")
+    return 0
