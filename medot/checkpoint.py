@@ -26,6 +26,8 @@ from medot import __version__
 from medot.errors import CheckpointError
 
 REQUIRED_KEYS = ("method", "backbone")
+#: metadata key of the training-state checkpoints :class:`medot.train.Trainer` writes for resuming
+TRAINING_STATE_KEY = "trainer"
 
 
 @dataclass
@@ -117,7 +119,9 @@ def list_checkpoints(*roots: str | os.PathLike, method: str | None = None) -> li
     """``(tensor file, metadata)`` of every checkpoint under ``roots`` (recursively), newest first.
 
     Only the sidecars are read (tensors are not loaded or hashed); files that are not medot
-    sidecars, or whose tensor file is missing, are skipped. ``method`` keeps one method's models.
+    sidecars, whose tensor file is missing, or that hold a training state for ``--resume``
+    (metadata key :data:`TRAINING_STATE_KEY`) rather than a model, are skipped. ``method`` keeps one
+    method's models.
     """
     found = []
     for root in roots:
@@ -129,7 +133,7 @@ def list_checkpoints(*roots: str | os.PathLike, method: str | None = None) -> li
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 continue
-            if isinstance(meta, dict) and all(key in meta for key in REQUIRED_KEYS):
+            if isinstance(meta, dict) and all(key in meta for key in REQUIRED_KEYS) and TRAINING_STATE_KEY not in meta:
                 if method is None or meta["method"] == method:
                     found.append((tensor_path, meta))
     return sorted(found, key=lambda item: item[0].stat().st_mtime, reverse=True)

@@ -4,33 +4,16 @@ import numpy as np
 import ot
 import pytest
 import torch
-import torch.nn.functional as F
 
+from kmat_checkpoint import CLASSES, write_artefacts_checkpoint
 from medot.checkpoint import Checkpoint, save_checkpoint
 from medot.errors import CheckpointError
-from medot.methods.kmat.losses import manifold_transport_loss
 from medot.viz.kmat_adapters import kmat_coupling, load_kmat_artefacts, prompt_embedding_set
-
-CLASSES = ["normal", "nodule", "opacity"]
 
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    generator = torch.Generator().manual_seed(0)
-    high, low = (F.normalize(torch.randn(3, 8, generator=generator), dim=-1) for _ in range(2))
-    solved = manifold_transport_loss(high, low, alpha=0.2, epsilon=0.1)
-    tensors = {
-        "artefacts.w_high": high, "artefacts.w_low": low,
-        "artefacts.anchors_high": F.normalize(torch.randn(3, 8, generator=generator), dim=-1),
-        "artefacts.anchors_low": F.normalize(torch.randn(3, 8, generator=generator), dim=-1),
-        "artefacts.description_embeddings": torch.randn(5, 8, generator=generator),
-        "artefacts.description_class": torch.tensor([0, 0, 1, 2, 2]),
-        "artefacts.description_modality": torch.tensor([0, 1, 0, 0, 1]),
-        "artefacts.fgw_plan": solved.plan,
-    }
-    meta = {"method": "kmat", "backbone": "lite", "class_names": CLASSES, "modalities": {"high": "ct", "low": "xray"},
-            "hyper_parameters": {"fgw_alpha": 0.2, "fgw_epsilon": 0.1}}
-    return save_checkpoint(tmp_path / "model", Checkpoint(tensors, meta))
+    return write_artefacts_checkpoint(tmp_path / "model")
 
 
 def test_embedding_set_rows_and_labels(checkpoint):

@@ -72,6 +72,9 @@ def test_list_checkpoints_finds_sidecars_and_filters_by_method(tmp_path):
     save_checkpoint(tmp_path / "b" / "deep" / "pradot_model", other)
     (tmp_path / "b" / "unrelated.json").write_text('{"hello": 1}')
     (tmp_path / "orphan.json").write_text(json.dumps({"method": "kmat", "backbone": "lite"}))
+    state = _checkpoint()
+    state.meta["trainer"] = {"progress": {"epoch": 3}}
+    save_checkpoint(tmp_path / "a" / "resume", state)
     everything = list_checkpoints(tmp_path, tmp_path / "does-not-exist")
     assert {path.name for path, _ in everything} == {"kmat_model.safetensors", "pradot_model.safetensors"}
     only = list_checkpoints(tmp_path, method="pradot")

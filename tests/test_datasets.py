@@ -6,7 +6,9 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from medot.data.datasets import (
     ANOMALY_LABEL_NAMES,
@@ -19,10 +21,12 @@ from medot.data.datasets import (
     load_mvfa,
     load_mvfa_fewshot,
     load_mvtec,
+    mask_files,
 )
 from medot.data.sampling import sample_k_shot
 from medot.data.synthetic import LESION_CLASSES, write_synthetic_benchmark
 from medot.errors import DatasetLayoutError, MedotError
+from medot.methods.pradot.data import read_mask
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +113,59 @@ def test_mvtec_round_trips(bench, split):
                 / f"{record.path.stem}_mask.png"
             )
             assert record.mask_path.is_file()
+
+
+def _as_loco(mvtec_root: Path, copy: Path) -> Path:
+    """Copy of the synthetic MVTec set with each ``<stem>_mask.png`` split into a LOCO folder
+    ``<stem>/{000,001}.png``: the even rows of the mask at value 255, the odd rows at value 64."""
+    shutil.copytree(mvtec_root, copy)
+    for mask in sorted(copy.glob("*/ground_truth/*/*_mask.png")):
+        pixels = np.asarray(Image.open(mask).convert("L")) > 127
+        even, odd = pixels.copy(), pixels.copy()
+        even[1::2] = odd[0::2] = False
+        folder = mask.parent / mask.name[: -len("_mask.png")]
+        folder.mkdir()
+        Image.fromarray(even.astype(np.uint8) * 255).save(folder / "000.png")
+        Image.fromarray(odd.astype(np.uint8) * 64).save(folder / "001.png")
+        mask.unlink()
+    return copy
+
+
+def test_mvtec_loco_mask_folders_are_indexed_and_read_as_the_union(bench, tmp_path):
+    benchmark, manifest = bench
+    category = benchmark.mvtec_category
+    loco = _as_loco(benchmark.mvtec_root, tmp_path / "loco")
+    index = load_mvtec(loco, category, "test")
+    assert index.counts() == manifest["mvtec"]["counts"]["test"]
+    anomalous = [record for record in index if record.label]
+    assert anomalous
+    for record in anomalous:
+        assert record.mask_path == loco / category / "ground_truth" / record.class_name / record.path.stem
+        assert mask_files(record.mask_path) == (record.mask_path / "000.png", record.mask_path / "001.png")
+        original = benchmark.mvtec_root / category / "ground_truth" / record.class_name / f"{record.path.stem}_mask.png"
+        expected = read_mask(original)
+        assert expected.any() and np.array_equal(read_mask(record.mask_path), expected)
+    assert any(np.asarray(Image.open(record.mask_path / "001.png")).any() for record in anomalous)
+
+
+def test_mvtec_loco_mask_folder_errors(bench, tmp_path):
+    benchmark, _ = bench
+    loco = _as_loco(benchmark.mvtec_root, tmp_path / "loco")
+    folder = loco / benchmark.mvtec_category / "ground_truth" / "nodule" / "000"
+    Image.new("L", (5, 7)).save(folder / "002.png")
+    with pytest.raises(DatasetLayoutError, match=re.escape(f"the masks in {folder} differ in size")):
+        read_mask(folder)
+    for png in folder.iterdir():
+        png.unlink()
+    with pytest.raises(DatasetLayoutError, match=re.escape(f"mask folder {folder} holds no PNG")):
+        read_mask(folder)
+    image = loco / benchmark.mvtec_category / "test" / "nodule" / "000.png"
+    expected = (
+        f"missing mask {folder.parent / '000_mask.png'} for {image}: expected that file (MVTec AD) "
+        f"or a folder {folder}"
+    )
+    with pytest.raises(DatasetLayoutError, match=re.escape(expected)):
+        load_mvtec(loco, benchmark.mvtec_category, "test")
 
 
 def test_detect_layout_names_each_written_layout(bench):

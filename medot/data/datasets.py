@@ -10,9 +10,10 @@ Three layouts, each the one its benchmark ships in:
   ``<root>/<Obj>_AD/{valid,test}/{good,Ungood}/img/<image>``, pixel masks (where the object has
   them) in ``Ungood/anomaly_mask/<same name>``, few-shot lists
   ``<root>/fewshot_seed/<Obj>/<k>-shot.txt`` with lines ``a-<i>: names`` / ``n-<i>: names``;
-* **MVTec AD** (and MVTec LOCO-like sets of the same structure):
-  ``<root>/<category>/train/good``, ``test/{good,<defect>}``, masks
-  ``ground_truth/<defect>/<stem>_mask.png``.
+* **MVTec AD** and **MVTec LOCO AD**: ``<root>/<category>/train/good``, ``test/{good,<defect>}``,
+  masks ``ground_truth/<defect>/<stem>_mask.png`` (AD) or a folder ``ground_truth/<defect>/<stem>/``
+  of region masks ``000.png``, ``001.png``, ... (LOCO; the image's mask is their union). LOCO's
+  ``validation`` folder is indexed like any other split when asked for.
 
 In the anomaly layouts ``label`` is 0 for normal and 1 for anomalous and ``class_name`` is the
 folder the image sits in (``good``, ``Ungood`` or the MVTec defect type).
@@ -360,10 +361,35 @@ def _is_mvtec_category(folder: Path) -> bool:
     return (folder / "train").is_dir() and (folder / "test").is_dir()
 
 
+def mask_files(folder: Path) -> tuple[Path, ...]:
+    """The region-mask PNGs of a MVTec LOCO mask folder (``000.png``, ``001.png``, ...), sorted.
+
+    Hidden files and other extensions are skipped; an empty tuple means the folder holds no PNG.
+    """
+    pngs = (p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+    return tuple(sorted(p for p in pngs if p.is_file()))
+
+
+def _mvtec_mask(category_dir: Path, defect: str, image: Path) -> Path:
+    """``ground_truth/<defect>/<stem>_mask.png`` (MVTec AD) or the folder ``<stem>/`` of PNGs (LOCO)."""
+    ground_truth = category_dir / "ground_truth" / defect
+    ad_mask, loco_folder = ground_truth / f"{image.stem}_mask.png", ground_truth / image.stem
+    if ad_mask.is_file():
+        return ad_mask
+    if loco_folder.is_dir() and mask_files(loco_folder):
+        return loco_folder
+    raise DatasetLayoutError(
+        f"missing mask {ad_mask} for {image}: expected that file (MVTec AD) or a folder {loco_folder} "
+        "holding one or more mask PNGs 000.png, 001.png, ... (MVTec LOCO AD)"
+    )
+
+
 def load_mvtec(root: str | Path, category: str, split: str) -> DatasetIndex:
     """Index MVTec ``<root>/<category>/<split>/<defect>``: ``good`` first (label 0), defects label 1.
 
-    Each defective ``<split>/<defect>/<stem>.png`` must have ``ground_truth/<defect>/<stem>_mask.png``.
+    Each defective ``<split>/<defect>/<stem>.png`` must have ``ground_truth/<defect>/<stem>_mask.png``
+    (MVTec AD; ``mask_path`` is that file) or a folder ``ground_truth/<defect>/<stem>/`` with at least
+    one PNG (MVTec LOCO AD; ``mask_path`` is the folder, read as the union of its masks).
     """
     root = _require_dir(Path(root), "the MVTec AD folder holding one folder per category")
     category_dir = root / category
@@ -381,10 +407,7 @@ def load_mvtec(root: str | Path, category: str, split: str) -> DatasetIndex:
             if group.name == "good":
                 records.append(ImageRecord(path, 0, "good"))
                 continue
-            mask = category_dir / "ground_truth" / group.name / f"{path.stem}_mask.png"
-            if not mask.is_file():
-                raise DatasetLayoutError(f"missing mask {mask} for {path}")
-            records.append(ImageRecord(path, 1, group.name, mask))
+            records.append(ImageRecord(path, 1, group.name, _mvtec_mask(category_dir, group.name, path)))
     return DatasetIndex(category_dir, ANOMALY_LABEL_NAMES, tuple(records))
 
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from medot.checkpoint import Checkpoint, checkpoint_paths, load_checkpoint, save_checkpoint
+from medot.checkpoint import TRAINING_STATE_KEY, Checkpoint, checkpoint_paths, load_checkpoint, save_checkpoint
 from medot.errors import CheckpointError, MedotError
 from medot.train.config import TrainConfig
 from medot.train.data import BatchFactory, EpochContext, move_to_device
@@ -350,12 +350,12 @@ class _Run:
             "rng": rng_meta,
             "grad_scaler": self.scaler.state_dict(),
         }
-        meta = {**self.task.checkpoint_meta(), "trainer": trainer}
+        meta = {**self.task.checkpoint_meta(), TRAINING_STATE_KEY: trainer}
         save_checkpoint(self.resume_path, Checkpoint({**tensors, **optim_tensors, **rng_tensors}, meta))
         self._emit("checkpoint", message=f"saved the training state to {self.resume_path}")
 
     def _restore(self, checkpoint: Checkpoint) -> None:
-        trainer = checkpoint.meta.get("trainer")
+        trainer = checkpoint.meta.get(TRAINING_STATE_KEY)
         if not isinstance(trainer, dict):
             raise CheckpointError(f"{self.resume_path} is not a training-state checkpoint")
         differences = self.config.optimisation_differences(trainer["config"])

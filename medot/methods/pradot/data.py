@@ -1,7 +1,8 @@
 """Normal-only training sets and mixed test sets from the anomaly layouts medot reads.
 
-* **MVTec AD** (``<root>/<category>/{train,test,ground_truth}``): train on ``train/good``, test on
-  ``test/*`` with the ``ground_truth`` masks.
+* **MVTec AD** and **MVTec LOCO AD** (``<root>/<category>/{train,test,ground_truth}``): train on
+  ``train/good``, test on ``test/*`` with the ``ground_truth`` masks (a LOCO image's mask is the
+  union of the region masks in its folder, :func:`read_mask`; LOCO's ``validation`` is not used).
 * **MVFA** (``<root>/<Obj>_AD/{valid,test}``): train on the normal images of ``valid``
   (``valid/good/img``; its abnormal images are not used), test on ``test/{good,Ungood}`` with the
   ``anomaly_mask`` masks where the object has them.
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from medot.backbones.base import VisionLanguageBackbone
-from medot.data.datasets import MVFA, MVTEC, ImageRecord, detect_layout, load_mvfa, load_mvtec
+from medot.data.datasets import MVFA, MVTEC, ImageRecord, detect_layout, load_mvfa, load_mvtec, mask_files
 from medot.errors import DatasetLayoutError, ImageReadError
 
 
@@ -81,13 +82,32 @@ def load_anomaly_splits(root: str | Path, name: str) -> AnomalySplits:
     return AnomalySplits(layout, name, normals, tuple(test))
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A mask file as ``HxW`` bool (non-zero pixels above half the range are anomalous)."""
+def _read_grey(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("L")) > 127
+            return np.asarray(image.convert("L"))
     except (OSError, ValueError) as error:
         raise ImageReadError(f"cannot read mask {path}: {error}") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A record's ``mask_path`` as an ``HxW`` bool mask.
+
+    A file (MVTec AD, MVFA) is anomalous where its grey level is above half the range (> 127). A
+    folder (MVTec LOCO AD, one PNG per defect region) gives the union of its masks, each anomalous
+    wherever it is non-zero, since LOCO's region masks do not all use 255 as their positive value.
+    """
+    if not path.is_dir():
+        return _read_grey(path) > 127
+    files = mask_files(path)
+    if not files:
+        raise DatasetLayoutError(f"mask folder {path} holds no PNG: expected 000.png, 001.png, ... (MVTec LOCO AD)")
+    regions = [_read_grey(file) > 0 for file in files]
+    shapes = {region.shape for region in regions}
+    if len(shapes) > 1:
+        found = ", ".join(f"{file.name} {region.shape}" for file, region in zip(files, regions, strict=True))
+        raise DatasetLayoutError(f"the masks in {path} differ in size ({found}): each must cover the whole image")
+    return np.logical_or.reduce(regions)
 
 
 def view_image(backbone: VisionLanguageBackbone, image: np.ndarray) -> np.ndarray:
