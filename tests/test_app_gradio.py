@@ -32,9 +32,11 @@ LABELS = "normal, nodule, opacity"
 
 def _train_tiny_pradot(data_root: Path, out: Path) -> Path:
     from medot.backbones import create_backbone
-    from medot.methods.pradot.config import PradotConfig
+    from medot.methods.pradot.config import PatchCoreConfig, PradotConfig
     from medot.methods.pradot.data import load_anomaly_splits
     from medot.methods.pradot.detector import save_pradot
+    from medot.methods.pradot.patchcore import PatchCoreModel
+    from medot.methods.pradot.patchcore_io import save_patchcore
     from medot.methods.pradot.training import build_model, encode_tokens, train_pradot
 
     backbone = create_backbone("lite", device="cpu")
@@ -44,6 +46,9 @@ def _train_tiny_pradot(data_root: Path, out: Path) -> Path:
     tokens, grids = encode_tokens(backbone, splits.train, config.layers, progress=False)
     model = build_model(config, tokens, grids)
     train_pradot(model, tokens, config, progress=False)
+    baseline = PatchCoreModel(config.layers, grids, PatchCoreConfig())
+    baseline.fit(tokens)
+    save_patchcore(out / "patchcore", baseline, backbone="lite", image_size=backbone.preprocess.image_size)
     return save_pradot(out / "model", model.eval(), backbone="lite", image_size=backbone.preprocess.image_size,
                        config=config)
 
@@ -107,6 +112,25 @@ def test_anomaly_localisation_with_a_trained_pradot_model(app):
     assert score == pytest.approx(float(expected[0]), rel=1e-4)
     assert threshold["value"] == threshold["maximum"] == pytest.approx(score, abs=1e-4)  # slider: map range, at its max
     assert f"{score:.4f}" in summary
+    assert np.asarray(Image.open(overlay)).shape == (224, 224, 3)
+
+
+def test_anomaly_localisation_with_the_patchcore_baseline(app):
+    from medot.data.io import read_image
+    from medot.methods.pradot.data import view_image
+    from medot.methods.pradot.patchcore_io import load_patchcore
+
+    _, client, model, data_root = app
+    baseline = model.with_name("patchcore.safetensors")
+    image = sorted((data_root / "mvtec" / "phantom" / "test").rglob("*.png"))[-1]
+    overlay, score, summary, threshold = client.predict(
+        handle_file(str(image)), str(baseline), 0.5, 1.0, api_name="/detect_anomalies"
+    )
+    detector = load_patchcore(baseline)
+    maps, expected = detector.predict([view_image(detector.backbone, read_image(image).rgb())])
+    assert score == pytest.approx(float(expected[0]), rel=1e-4)
+    assert threshold["maximum"] == pytest.approx(float(maps[0].max()), rel=1e-4)
+    assert "PatchCore baseline" in summary and f"{score:.4f}" in summary
     assert np.asarray(Image.open(overlay)).shape == (224, 224, 3)
 
 
@@ -248,3 +272,29 @@ def test_job_registry_survives_the_app_dying(tmp_path):
         assert registry.get(job.id).resume
     finally:
         server.kill()
+
+
+def test_clicking_the_map_names_the_prototype_the_patch_was_matched_to(app):
+    """The Anomaly tab's click handler, called in-process as Gradio calls it on a select event: the
+    clicked pixel's patch and its matched prototype agree with PRADOT's own `matched_prototypes`."""
+    from types import SimpleNamespace
+
+    from app.anomaly import Detection, DetectorCache, matched_prototype
+    from app.backbones import BackboneCache
+    from medot.config import Settings
+
+    server, _, model, data_root = app
+    settings = Settings(home=server.home, data_root=data_root, backbone="lite")
+    detectors = DetectorCache(BackboneCache(device="cpu"))
+    detector = detectors.get(str(model), "lite")
+    view = np.asarray(Image.open(_example("ct_nodule.png")).convert("RGB"), dtype=np.float32) / 255.0
+    maps, scores = detector.predict([view])
+    detection = Detection(str(model), view, maps[0].numpy(), float(scores[0]))
+    size = detection.anomaly_map.shape[0]
+    x, y = size - 1, 0  # top-right pixel -> patch (row 0, last column) of the 14x14 stride16 grid
+    text = matched_prototype(detectors, settings, detection, 0, SimpleNamespace(index=(x, y)))
+    match = detector.matched_prototypes([view], 0)
+    patch = 13
+    assert "patch (row 0, column 13) of the 14×14 grid" in text
+    assert f"matched to prototype {int(match.index[0, patch])} " in text
+    assert "Run the detection first" in matched_prototype(detectors, settings, None, 0, SimpleNamespace(index=(0, 0)))
