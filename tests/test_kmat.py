@@ -52,13 +52,7 @@ def write_tiny_task(folder: Path, n_per_class: int = 10) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny towers' small matmuls run many times faster on one thread of a busy shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ from test_kmat import write_tiny_task
 from tiny_open_clip import write_tiny_biomedclip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny towers' small matmuls run many times faster on one thread of a busy shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
