@@ -1,8 +1,10 @@
-"""Anomaly localisation tab: a trained PRADOT model's anomaly map over an uploaded image, its image
-score, a threshold outline, and the prototype a clicked patch was matched to.
+"""Anomaly localisation tab: a trained PRADOT model's (or its PatchCore baseline's) anomaly map over
+an uploaded image, its image score, a threshold outline, and, for PRADOT, the prototype a clicked
+patch was matched to.
 
-PatchCore, PRADOT's baseline, is fitted inside ``medot benchmark pradot`` and medot stores no
-PatchCore model, so the app offers PRADOT models only (the tab says so)."""
+``medot train pradot`` saves both models of a run (``<out>/model``, ``<out>/patchcore``); the
+Method radio picks which kind the model list offers, and a detection runs the chosen checkpoint's
+own detector."""
 
 from __future__ import annotations
 
@@ -18,12 +20,21 @@ from app.models import listed_model, model_choices
 from medot.config import Settings
 from medot.data.examples import example_images
 from medot.methods.pradot.data import view_image
-from medot.methods.pradot.detector import METHOD, PradotDetector, load_pradot
+from medot.methods.pradot.detector import METHOD, BackboneDetector, load_pradot
+from medot.methods.pradot.patchcore_io import METHOD as PATCHCORE, load_patchcore
 from medot.viz import anomaly_overlay
 
+#: Method radio label -> checkpoint method
+METHODS = {"PRADOT": METHOD, "PatchCore (baseline)": PATCHCORE}
+LOADERS = {METHOD: load_pradot, PATCHCORE: load_patchcore}
 PATCHCORE_NOTE = (
-    "Only PRADOT models are offered: its PatchCore baseline is fitted within `medot benchmark pradot` "
-    "and medot does not store PatchCore models."
+    "PatchCore, PRADOT's nearest-neighbour baseline, is saved beside every PRADOT model that "
+    "`medot train pradot` writes; pick it with **Method** to compare the two maps. "
+    "Prototype look-up on click is PRADOT-only."
+)
+NO_PROTOTYPES = (
+    "Prototype look-up is PRADOT-only: PatchCore scores a patch by its distance to the nearest "
+    "memory-bank patch and has no prototypes. Choose a PRADOT model to look one up."
 )
 
 
@@ -39,17 +50,17 @@ class Detection:
 
 
 class DetectorCache:
-    """PRADOT detectors, loaded once per checkpoint file on the shared backbones."""
+    """PRADOT and PatchCore detectors, loaded once per checkpoint file on the shared backbones."""
 
     def __init__(self, backbones: BackboneCache) -> None:
         self._backbones = backbones
-        self._loaded: dict[str, PradotDetector] = {}
+        self._loaded: dict[str, BackboneDetector] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: str, backbone_name: str) -> PradotDetector:
+    def get(self, path: str, backbone_name: str, method: str = METHOD) -> BackboneDetector:
         with self._lock:
             if path not in self._loaded:
-                self._loaded[path] = load_pradot(path, self._backbones.get(backbone_name))
+                self._loaded[path] = LOADERS[method](path, self._backbones.get(backbone_name))
             return self._loaded[path]
 
 
@@ -58,20 +69,26 @@ def detect(detectors: DetectorCache, settings: Settings, file_path: str | None, 
     """Returns (overlay, image score, summary line, threshold slider update, detection state)."""
     image = read_upload(file_path)
     with user_errors():
-        meta = listed_model(settings, model, (METHOD,))
-        detector = detectors.get(model, meta["backbone"])
+        meta = listed_model(settings, model, tuple(LOADERS))
+        detector = detectors.get(model, meta["backbone"], meta["method"])
         view = view_image(detector.backbone, image.rgb())
         maps, scores = detector.predict([view])
     detection = Detection(model, view, maps[0].numpy(), float(scores[0]))
     low, high = float(detection.anomaly_map.min()), float(detection.anomaly_map.max())
     value = threshold if threshold is not None and low <= threshold <= high else high
     slider = gr.update(minimum=low, maximum=high, value=value, interactive=True)
-    members = ", ".join(f"{m['layer']} α={m['alpha']:g}" for m in meta["members"])
     summary = (
         f"**Image anomaly score: {detection.score:.4f}** (maximum of the map; the map ranges over "
-        f"[{low:.4f}, {high:.4f}]).  \nPRADOT ensemble: {members}. {describe(detector.backbone)}"
+        f"[{low:.4f}, {high:.4f}]).  \n{_describe_model(meta)} {describe(detector.backbone)}"
     )
     return render(detection, opacity, value), detection.score, summary, slider, detection
+
+
+def _describe_model(meta: dict) -> str:
+    if meta["method"] == PATCHCORE:
+        return (f"PatchCore baseline: {meta['memory_bank_size']} memory-bank patches of "
+                f"{', '.join(meta['layers'])}.")
+    return "PRADOT ensemble: " + ", ".join(f"{m['layer']} α={m['alpha']:g}" for m in meta["members"]) + "."
 
 
 def render(detection: Detection | None, opacity: float, threshold: float | None) -> np.ndarray | None:
@@ -84,11 +101,14 @@ def render(detection: Detection | None, opacity: float, threshold: float | None)
 
 def matched_prototype(detectors: DetectorCache, settings: Settings, detection: Detection | None,
                       member: int, event: gr.SelectData) -> str:
-    """Which prototype of ensemble ``member`` the clicked patch was matched to, and where on the grid."""
+    """Which prototype of ensemble ``member`` the clicked patch was matched to, and where on the grid
+    (PRADOT models only)."""
     if detection is None:
         return "Run the detection first, then click a point of the map."
     with user_errors():
-        meta = listed_model(settings, detection.model, (METHOD,))
+        meta = listed_model(settings, detection.model, tuple(LOADERS))
+        if meta["method"] != METHOD:
+            return NO_PROTOTYPES
         detector = detectors.get(detection.model, meta["backbone"])
         match = detector.matched_prototypes([detection.view], member)
     spec = meta["members"][member]
@@ -118,7 +138,11 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
         with gr.Column():
             upload = gr.File(label=f"Image ({UPLOAD_KINDS})", type="filepath")
             gr.Examples([[str(path)] for path in example_images()], inputs=[upload], label="Bundled examples")
-            model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="PRADOT model")
+            method = gr.Radio(list(METHODS), value="PRADOT", label="Method")
+            # the list follows the Method radio; any listed checkpoint of either method is accepted
+            # (``listed_model`` refuses every other path), so API calls need not set the radio first
+            model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="PRADOT model",
+                                allow_custom_value=True)
             member = gr.Dropdown([("first ensemble member", 0)], value=0, label="Member for prototype look-up")
             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Map opacity")
             threshold = gr.Slider(0.0, 1.0, value=1.0, label="Threshold (map units; region outlined)",
@@ -136,6 +160,7 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
         outputs=[overlay, score, summary, threshold, detection],
         api_name="detect_anomalies",
     )
+    method.change(lambda label: _model_list(settings, label), inputs=[method], outputs=[model], api_name=False)
     model.change(lambda path: _member_choices(settings, path), inputs=[model], outputs=[member])
     for slider in (opacity, threshold):
         slider.release(render, inputs=[detection, opacity, threshold], outputs=[overlay], api_name=False)
@@ -147,9 +172,18 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
     return model
 
 
+def _model_list(settings: Settings, label: str):
+    """The model dropdown for the Method radio's ``label``: that method's checkpoints, newest first."""
+    choices = model_choices(settings, (METHODS[label],))
+    return gr.update(choices=choices, value=choices[0][1] if choices else None, label=f"{label} model")
+
+
 def _member_choices(settings: Settings, path: str | None):
     if not path:
         return gr.update(choices=[("first ensemble member", 0)], value=0)
     with user_errors():
-        members = listed_model(settings, path, (METHOD,))["members"]
+        meta = listed_model(settings, path, tuple(LOADERS))
+    if meta["method"] != METHOD:
+        return gr.update(choices=[("PRADOT only", 0)], value=0)
+    members = meta["members"]
     return gr.update(choices=[(f"{m['layer']} α={m['alpha']:g}", i) for i, m in enumerate(members)], value=0)

@@ -120,7 +120,8 @@ def test_anomaly_localisation_with_the_patchcore_baseline(app):
     from medot.methods.pradot.data import view_image
     from medot.methods.pradot.patchcore_io import load_patchcore
 
-    _, client, model, data_root = app
+    server, _, model, data_root = app
+    client = Client(server.url, verbose=False)  # a fresh session: the slider range of earlier detections is per session
     baseline = model.with_name("patchcore.safetensors")
     image = sorted((data_root / "mvtec" / "phantom" / "test").rglob("*.png"))[-1]
     overlay, score, summary, threshold = client.predict(

@@ -69,6 +69,27 @@ def test_train_writes_one_checkpoint_with_every_member(trained, capsys) -> None:
     assert all(0.0 <= meta["metrics"][key] <= 1.0 for key in ("image_auroc", "pixel_auroc", "au_pro@0.3"))
 
 
+def test_train_saves_the_patchcore_baseline_beside_the_pradot_model(trained, synthetic, lite) -> None:
+    from medot.methods.pradot import load_patchcore
+
+    baseline = trained.with_name("patchcore")
+    assert baseline.with_suffix(".safetensors").is_file()
+    meta = json.loads(baseline.with_suffix(".json").read_text())
+    assert meta["method"] == "patchcore" and meta["layers"] == ["stride16"] and meta["grids"] == {"stride16": [14, 14]}
+    assert meta["memory_bank_size"] == round(0.1 * 4 * 14 * 14)  # 10 % coreset of 4 training images' patches
+    assert 0.0 <= meta["metrics"]["pixel_auroc"] <= 1.0
+    from medot.methods.pradot import PatchCoreConfig, PatchCoreModel
+    from medot.methods.pradot.data import load_anomaly_splits
+    from medot.methods.pradot.training import encode_tokens
+
+    # the same coreset as a PatchCore fitted (default config, seed 0) on the training normals' tokens
+    tokens, grids = encode_tokens(lite, load_anomaly_splits(synthetic.mvtec_root, "phantom").train, ["stride16"],
+                                  progress=False)
+    refit = PatchCoreModel(["stride16"], grids, PatchCoreConfig(seed=0))
+    refit.fit(tokens)
+    assert torch.allclose(load_patchcore(baseline, lite).model.memory_bank, refit.memory_bank)
+
+
 def test_predict_anomaly_writes_the_map_and_overlay_and_prints_the_score(trained, synthetic, tmp_path, capsys) -> None:
     images = [synthetic.mvtec_root / "phantom/test/nodule/000.png", synthetic.mvtec_root / "phantom/test/good/000.png"]
     capsys.readouterr()

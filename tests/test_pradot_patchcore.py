@@ -88,3 +88,37 @@ def test_gaussian_blur_keeps_constants_and_mass_of_an_interior_impulse() -> None
     blurred = gaussian_blur(impulse, 2.0)
     assert float(blurred.sum()) == pytest.approx(1.0, abs=1e-5)
     assert int(blurred.flatten().argmax()) == 30 * 61 + 30
+
+
+def test_save_and_load_give_identical_maps_and_scores(tmp_path) -> None:
+    from PIL import Image
+
+    from medot.backbones import create_backbone
+    from medot.errors import CheckpointError
+    from medot.methods.pradot import PatchCoreDetector, load_patchcore, load_pradot, save_patchcore
+    from medot.methods.pradot.training import encode_tokens
+
+    backbone = create_backbone("lite", device="cpu")
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(3):
+        paths.append(tmp_path / f"normal{index}.png")
+        Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8)).save(paths[-1])
+    tokens, grids = encode_tokens(backbone, paths, ["stride16"], progress=False)
+    model = PatchCoreModel(["stride16"], grids, PatchCoreConfig(coreset_ratio=0.2, reweight=True, seed=3))
+    model.fit(tokens)
+    size = backbone.preprocess.image_size
+    path = save_patchcore(tmp_path / "patchcore", model, backbone="lite", image_size=size, metrics={"auroc": 0.5})
+
+    loaded = load_patchcore(path, backbone)
+    fitted = PatchCoreDetector(model, backbone, {"image_size": size})
+    queries = [rng.random((40, 56, 3)).astype(np.float32) for _ in range(2)]
+    maps, scores = loaded.predict(queries)
+    expected_maps, expected_scores = fitted.predict(queries)
+    assert maps.shape == (2, size, size)
+    assert torch.equal(loaded.model.memory_bank, model.memory_bank)
+    assert loaded.model.config == model.config and loaded.model.grids == model.grids
+    assert torch.equal(maps, expected_maps) and torch.equal(scores, expected_scores)
+    assert loaded.meta["method"] == "patchcore" and loaded.meta["metrics"] == {"auroc": 0.5}
+    with pytest.raises(CheckpointError, match="written by method 'patchcore', not 'pradot'"):
+        load_pradot(path, backbone)

@@ -22,7 +22,8 @@ scores the maximum of its map.
 Modules: :mod:`.cost` (the cost), :mod:`.torch_model` (:class:`PrototypeBank`,
 :class:`PradotModel`: pure ``nn.Module`` s), :mod:`.training` (the EMA loop over cached features),
 :mod:`.detector` (checkpoints, :func:`load_pradot`, :class:`PradotDetector`), :mod:`.patchcore`
-(the PatchCore baseline), :mod:`.data` / :mod:`.evaluation` (anomaly layouts and the benchmark),
+(the PatchCore baseline), :mod:`.patchcore_io` (its checkpoints, :func:`load_patchcore`),
+:mod:`.data` / :mod:`.evaluation` (anomaly layouts and the benchmark),
 :mod:`.overlay` (heat-map PNGs), :mod:`.cli` (``medot train pradot``, ``medot benchmark pradot``,
 ``medot predict-anomaly``). Equations and the choices made where the paper is silent are in
 ``docs/methods/pradot.md``.
@@ -45,9 +46,12 @@ _EXPORTS = {
     "load_pradot": "detector",
     "model_from_checkpoint": "detector",
     "save_pradot": "detector",
+    "PatchCoreDetector": "patchcore_io",
     "PatchCoreModel": "patchcore",
     "k_center_greedy": "patchcore",
     "locally_aware_features": "patchcore",
+    "load_patchcore": "patchcore_io",
+    "save_patchcore": "patchcore_io",
     "PradotModel": "torch_model",
     "PrototypeBank": "torch_model",
     "PrototypeMatch": "torch_model",

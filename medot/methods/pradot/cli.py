@@ -18,11 +18,16 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
         help="train a PRADOT ensemble (OT prototypes) on the normal images of one anomaly class",
         description="Train PRADOT (Trombetta & Lartizien 2025) on the normal training images of one MVTec "
         "category or MVFA object, evaluate it on the test split, and save one checkpoint holding every "
-        "(layer, alpha) ensemble member.",
+        "(layer, alpha) ensemble member (<out>/model), plus the PatchCore baseline fitted on the same "
+        "features (<out>/patchcore).",
     )
     _add_data_options(train, several=False)
     _add_pradot_options(train)
     train.add_argument("--out", default=None, help="checkpoint folder (default: $MEDOT_HOME/models/pradot-<class>)")
+    train.add_argument(
+        "--no-patchcore", dest="patchcore", action="store_false",
+        help="do not fit and save the PatchCore baseline beside the PRADOT model",
+    )
     train.add_argument(
         "--resume", action="store_true",
         help="re-run an interrupted job into --out (PRADOT keeps no optimiser state: training starts over)",
@@ -182,9 +187,35 @@ def _run_train(args: argparse.Namespace) -> int:
                 "history": result.history, "train_images": len(splits.train)}
     path = save_pradot(out / "model", model, backbone=backbone.name, image_size=size[0], config=config,
                        metrics=metrics, training=training)
-    print(_format_table([{"method": "PRADOT", **metrics}]))
+    rows = [{"method": "PRADOT", **metrics}]
+    if args.patchcore:
+        rows.append(_fit_patchcore(config, backbone, tokens, grids, test_set, out / "patchcore", name, device))
+    print(_format_table(rows))
     print(f"saved the PRADOT model to {path}")
+    if args.patchcore:
+        print(f"saved the PatchCore baseline to {out / 'patchcore.safetensors'}")
     return 0
+
+
+def _fit_patchcore(config: Any, backbone: Any, tokens: dict, grids: dict, test_set: Any, path: Any, name: str,
+                   device: str) -> dict[str, Any]:
+    """Fit PatchCore (default ``PatchCoreConfig``, PRADOT's layers and seed) on the training tokens
+    PRADOT used, evaluate it on the same test set, save it at ``path``; returns its table row."""
+    import time
+
+    from medot.methods.pradot.config import PatchCoreConfig
+    from medot.methods.pradot.patchcore import PatchCoreModel
+    from medot.methods.pradot.patchcore_io import save_patchcore
+
+    size = (backbone.preprocess.image_size,) * 2
+    baseline = PatchCoreModel(config.layers, grids, PatchCoreConfig(seed=config.seed)).to(device)
+    started = time.perf_counter()
+    baseline.fit({layer: value.to(device) for layer, value in tokens.items()})
+    fit_seconds = time.perf_counter() - started
+    scored = test_set.evaluate(lambda t: baseline(t, size), baseline.memory_bank.device)
+    metrics = {"class": name, "fit_seconds": fit_seconds, **scored}
+    save_patchcore(path, baseline, backbone=backbone.name, image_size=size[0], metrics=metrics)
+    return {"method": "PatchCore", **metrics}
 
 
 # ---------------------------------------------------------------------------------- benchmark

@@ -7,6 +7,10 @@ ensemble member ``i``, the tensors ``member.<i>.features`` ``[P, C]`` and ``memb
 member's ``layer``, ``alpha``, ``grid``, ``channels`` and ``n_prototypes``, the
 :class:`~medot.methods.pradot.config.PradotConfig`, and whatever ``metrics`` / ``training``
 records the caller adds.
+
+:class:`BackboneDetector` and :func:`checkpoint_backbone` are shared with the PatchCore baseline's
+checkpoints (:mod:`.patchcore_io`): both encode raw images with the backbone's layers and hand the
+patch tokens to a model ``(tokens, size) -> (maps, scores)``.
 """
 
 from __future__ import annotations
@@ -100,14 +104,16 @@ def model_from_checkpoint(checkpoint: Checkpoint) -> tuple[PradotModel, PradotCo
         raise CheckpointError(f"the PRADOT checkpoint is incomplete or inconsistent: {error}") from None
 
 
-class PradotDetector:
-    """A trained ensemble and its frozen backbone: raw images in, anomaly maps and scores out.
+class BackboneDetector:
+    """A scoring model over the patch tokens of a frozen backbone: raw images in, anomaly maps and
+    scores out. ``model`` is an ``nn.Module`` with a ``layers`` attribute and
+    ``model(tokens, size) -> (maps [B, *size], scores [B])``.
 
     Maps are ``[B, S, S]`` at the backbone's input size ``S``; they cover the view the backbone
     sees (short side resized to ``S``, centre crop), which is the whole image for square inputs.
     """
 
-    def __init__(self, model: PradotModel, backbone: VisionLanguageBackbone, meta: dict[str, Any]) -> None:
+    def __init__(self, model: torch.nn.Module, backbone: VisionLanguageBackbone, meta: dict[str, Any]) -> None:
         self.backbone = backbone
         self.model = model.to(backbone.device).eval()
         self.meta = meta
@@ -118,16 +124,22 @@ class PradotDetector:
         return (self.image_size, self.image_size)
 
     def tokens(self, images: Sequence[Image.Image | np.ndarray]) -> dict[str, torch.Tensor]:
-        """Patch tokens ``{layer: [B, HW, C]}`` of the ensemble's layers for raw ``images``."""
+        """Patch tokens ``{layer: [B, HW, C]}`` of the model's layers for raw ``images``."""
         with torch.inference_mode():
             features = self.backbone.encode_image(self.backbone.transform_batch(list(images)), self.model.layers)
         return {layer: features.patch_tokens[layer].float() for layer in self.model.layers}
 
     def predict(self, images: Sequence[Image.Image | np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(maps [B, S, S], image scores [B])`` on the CPU: per-patch minimum cost to the
-        prototypes, upsampled and averaged over the ensemble; image score = map maximum."""
+        """``(maps [B, S, S], image scores [B])`` on the CPU, as the model computes them."""
         maps, scores = self.model(self.tokens(images), self.size)
         return maps.cpu(), scores.cpu()
+
+
+class PradotDetector(BackboneDetector):
+    """A trained PRADOT ensemble and its frozen backbone. :meth:`predict` gives each patch's minimum
+    cost to the prototypes, upsampled and averaged over the ensemble; image score = map maximum."""
+
+    model: PradotModel
 
     def transport_scores(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
         """Alternative image scores ``[B]``: mean per-image OT cost to each member's prototypes."""
@@ -140,6 +152,27 @@ class PradotDetector:
         return self.model.matched_prototypes(self.tokens(images), member)
 
 
+def checkpoint_backbone(
+    meta: dict[str, Any],
+    backbone: VisionLanguageBackbone | str | None,
+    device: torch.device | str | None,
+    label: str,
+) -> VisionLanguageBackbone:
+    """The backbone a checkpoint of ``label`` models was trained on: the one named in ``meta`` when
+    ``backbone`` is None or a name; a given backbone must be that one (else :class:`CheckpointError`)."""
+    trained_on = meta["backbone"]
+    if backbone is None or isinstance(backbone, str):
+        from medot.backbones import create_backbone
+
+        backbone = create_backbone(backbone or trained_on, device=device)
+    if backbone.name != trained_on:
+        raise CheckpointError(
+            f"this {label} model was trained on backbone {trained_on!r}, not {backbone.name!r}: "
+            f"load it with backbone {trained_on!r}"
+        )
+    return backbone
+
+
 def load_pradot(
     path: str | os.PathLike,
     backbone: VisionLanguageBackbone | str | None = None,
@@ -150,14 +183,4 @@ def load_pradot(
     name; a given backbone must be the one it was trained on)."""
     checkpoint = load_checkpoint(path)
     model, _ = model_from_checkpoint(checkpoint)
-    trained_on = checkpoint.meta["backbone"]
-    if backbone is None or isinstance(backbone, str):
-        from medot.backbones import create_backbone
-
-        backbone = create_backbone(backbone or trained_on, device=device)
-    if backbone.name != trained_on:
-        raise CheckpointError(
-            f"this PRADOT model was trained on backbone {trained_on!r}, not {backbone.name!r}: "
-            f"load it with backbone {trained_on!r}"
-        )
-    return PradotDetector(model, backbone, checkpoint.meta)
+    return PradotDetector(model, checkpoint_backbone(checkpoint.meta, backbone, device, "PRADOT"), checkpoint.meta)
