@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from medot import __version__
 from medot.errors import MedotError
+from medot.launch import launch_environment, rank_prefix, refuse_world
 
 #: method packages whose ``cli.register(commands, train_methods, benchmark_methods)`` adds sub-commands
 METHOD_CLIS = ("medot.methods.kmat.cli", "medot.methods.pradot.cli")
@@ -115,13 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args: argparse.Namespace) -> int:
+    """``args.run(args)``; under ``torchrun`` (``WORLD_SIZE > 1``) inside one process group for a
+    training command marked with :func:`medot.launch.mark_distributed`, refused for any other."""
+    if not launch_environment().is_distributed:
+        return args.run(args)
+    if not getattr(args, "supports_distributed", False):
+        method = getattr(args, "method", None)
+        reason = getattr(args, "single_process_reason", "")
+        refuse_world(f"medot {args.command}" + (f" {method}" if method else ""), reason)
+    from medot.train.distributed import distributed_session
+
+    with distributed_session(getattr(args, "device", None) or "auto"):
+        return args.run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        return _run(args)
     except MedotError as error:
-        print(f"medot: error: {error}", file=sys.stderr)
+        print(f"medot: error: {rank_prefix()}{error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medot: interrupted", file=sys.stderr)

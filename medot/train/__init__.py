@@ -7,7 +7,12 @@
 * :class:`Trainer` (:class:`TrainConfig`) - seeded, resumable loop: SGD/AdamW, warm-up + cosine lr,
   early stopping on the validation score, progress bars, :class:`TrainEvent` s for live display,
   cooperative cancellation, CUDA mixed precision and ``torchrun`` data parallelism;
-* :class:`TensorBatches` / :class:`EpochContext` - per-epoch, seeded, rank-sharded batches.
+* :class:`TensorBatches` / :class:`EpochContext` - per-epoch, seeded, rank-sharded batches;
+* :mod:`medot.train.distributed` - one run over ``torchrun``'s processes: :func:`distributed_session`
+  (process group from the launcher's environment, torn down on every exit), :func:`is_main_process`
+  (rank 0 writes and prints), :func:`main_process_first` (rank 0 fills a shared cache, the others
+  then read it), :func:`barrier`, :func:`all_reduce_sum_`. A ``medot train METHOD`` parser opts in
+  with :func:`medot.launch.mark_distributed` (or refuses with :func:`medot.launch.mark_single_process`).
 
 Example::
 
@@ -18,6 +23,13 @@ Example::
 
 from medot.train.config import TrainConfig
 from medot.train.data import BatchFactory, EpochContext, TensorBatches, move_to_device
+from medot.train.distributed import (
+    all_reduce_sum_,
+    barrier,
+    distributed_session,
+    is_main_process,
+    main_process_first,
+)
 from medot.train.engine import Trainer, TrainResult
 from medot.train.events import EventHandler, TrainEvent
 from medot.train.feature_cache import CachedFeatures, FeatureCache, ViewAugmentation, augment_view, file_sha256
@@ -39,10 +51,15 @@ __all__ = [
     "TrainingTask",
     "ViewAugmentation",
     "WarmupCosineSchedule",
+    "all_reduce_sum_",
     "augment_view",
+    "barrier",
     "build_optimizer",
+    "distributed_session",
     "epoch_generator",
     "file_sha256",
+    "is_main_process",
+    "main_process_first",
     "move_to_device",
     "seed_everything",
 ]

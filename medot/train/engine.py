@@ -17,9 +17,11 @@ Both go through :mod:`medot.checkpoint` (safetensors + JSON, atomic), never pick
 order of epoch ``e`` comes from a generator seeded by ``(seed, e)`` (:mod:`medot.train.data`), so
 resuming mid-epoch replays the epoch's batches and skips those already taken.
 
-Under ``torchrun`` (process group initialised by the caller; see :mod:`medot.train.distributed`)
-the task is wrapped in ``DistributedDataParallel``, each rank trains on its shard with a per-rank
-batch size, and only rank 0 writes checkpoints, shows progress bars and emits events.
+Under ``torchrun`` (process group initialised by :func:`medot.train.distributed.distributed_session`
+or the caller) the task is wrapped in ``DistributedDataParallel``, each rank trains on its shard
+with a per-rank batch size (global batch = per-rank batch x world size), a stop request on any
+rank stops all of them at the same step, the validation score is rank 0's, and only rank 0 writes
+checkpoints, shows progress bars and emits events.
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ from medot.checkpoint import TRAINING_STATE_KEY, Checkpoint, checkpoint_paths, l
 from medot.errors import CheckpointError, MedotError
 from medot.train.config import TrainConfig
 from medot.train.data import BatchFactory, EpochContext, move_to_device
-from medot.train.distributed import any_rank, rank_and_world_size, resolve_device, wrap_for_training
+from medot.train.distributed import (
+    any_rank,
+    broadcast_from_main,
+    rank_and_world_size,
+    resolve_device,
+    wrap_for_training,
+)
 from medot.train.events import EventHandler, EventKind, TrainEvent
 from medot.train.schedule import WarmupCosineSchedule, apply_learning_rate, build_optimizer
 from medot.train.state import (
@@ -132,7 +140,7 @@ class _Run:
         self.rank, self.world_size = rank_and_world_size()
         self.is_main = self.rank == 0
         self.on_event = on_event if self.is_main else None
-        self.should_stop = should_stop if self.is_main else None
+        self.should_stop = should_stop  # polled on every rank; any_rank() makes the stop collective
         self.device = resolve_device(config.device)
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
@@ -272,6 +280,7 @@ class _Run:
         self.task.train()
         if score is None:
             return None
+        score = broadcast_from_main(float(score))  # every rank keeps and stops on rank 0's score
         if not math.isfinite(score):
             raise MedotError(
                 f"the validation score after epoch {self.progress.epoch} is {score}: "
@@ -289,6 +298,7 @@ class _Run:
             summary = {
                 "status": status,
                 "config": self.config.to_dict(),
+                "world_size": self.world_size,
                 "epochs_completed": progress.epoch,
                 "best_score": progress.best_score,
                 "best_epoch": progress.best_epoch,

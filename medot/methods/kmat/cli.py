@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from medot.launch import mark_distributed
+
 DEFAULT_BENCHMARK_METHODS = "zeroshot,zeroshot_desc,coop,cocoop,kgcoop,biomedcoop,kmat"
 
 
@@ -32,6 +34,7 @@ def register(commands, train_methods, benchmark_methods) -> None:  # noqa: ARG00
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(run=_run_train)
+    mark_distributed(train)
 
     benchmark = benchmark_methods.add_parser(
         "kmat",
@@ -55,8 +58,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--shots", type=int, default=16, help="high-end training images per class (default: 16)")
     parser.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50)")
-    parser.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4)")
-    parser.add_argument("--lr", type=float, default=0.0025, help="SGD learning rate (default: 0.0025)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="batch size per process (default: 4; global: x torchrun processes)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=0.0025, help="SGD learning rate for the global batch, not scaled (default: 0.0025)"
+    )
     parser.add_argument("--views", type=int, default=4, help="cached augmented views per training image (default: 4)")
     parser.add_argument("--patience", type=int, help="validate on high-end val each epoch; keep the best, stop early")
     parser.add_argument("--lambda-anc", type=float, default=1.0, help="weight of L_anc (default: 1.0)")
@@ -108,9 +115,11 @@ def _setup(args: argparse.Namespace):
     from medot.backbones import create_backbone
     from medot.config import Settings
     from medot.methods.prompt_learning.crossmodal import resolve_task
+    from medot.train.distributed import main_process_first
 
     settings = Settings.from_env()
-    task = resolve_task(args.task, settings)
+    with main_process_first("preparing the task's data"):  # 'synthetic' is written on first use
+        task = resolve_task(args.task, settings)
     device = None if args.device == "auto" else args.device
     backbone = create_backbone(args.backbone or settings.backbone, device=device)
     return settings, task, backbone
@@ -124,13 +133,14 @@ def _format_metrics(metrics: dict[str, float]) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from medot.errors import MedotError
     from medot.jobs.protocol import EXIT_CANCELLED, event_sink_from_env, stop_requested_from_signals
     from medot.methods.kmat.runner import TRAINED_METHODS, TrainingCancelled, finish_run, grid_search, run_method
     from medot.methods.prompt_learning.knowledge import embed_descriptions
     from medot.train import FeatureCache
+    from medot.train.distributed import is_main_process
 
     if args.method not in TRAINED_METHODS:
         raise MedotError(f"--method {args.method!r}: choose one of {', '.join(TRAINED_METHODS)}")
@@ -140,6 +150,9 @@ def _run_train(args: argparse.Namespace) -> int:
             "--grid-anc/--grid-fgw search K-MaT's lambdas: use them with --method kmat and without --resume"
         )
     run, kmat = _configs(args, args.seed)
+    main = is_main_process()  # under torchrun, only rank 0 prints and writes
+    if not main:
+        run = replace(run, progress=False)
     settings, task, backbone = _setup(args)
     name = f"{task.name}_{args.method}_{args.shots}shot_seed{args.seed}"
     out = Path(args.out) if args.out else settings.models_dir / "kmat" / name
@@ -170,8 +183,11 @@ def _run_train(args: argparse.Namespace) -> int:
                 on_event=event_sink_from_env(), should_stop=stop, resume=args.resume,
             )
     except TrainingCancelled as cancelled:
-        print(f"medot: {cancelled}")
+        if main:
+            print(f"medot: {cancelled}")
         return EXIT_CANCELLED
+    if not main:
+        return 0
     summary.update(
         method=result.method, task=task.name, backbone=backbone.name, shots=run.shots, seed=run.seed,
         metrics=result.metrics, validation=result.validation, model=str(result.model_path),

@@ -46,6 +46,7 @@ from medot.methods.prompt_learning.knowledge import DescriptionEmbeddings, templ
 from medot.methods.prompt_learning.prompts import HIGH, LOW, PromptLearner
 from medot.methods.prompt_learning.task import PromptTask
 from medot.train import EventHandler, FeatureCache, TrainConfig, Trainer, TrainResult, seed_everything
+from medot.train.distributed import is_main_process, main_process_first
 
 ZEROSHOT, ZEROSHOT_DESCRIPTIONS = "zeroshot", "zeroshot_desc"
 TRAINED_METHODS = ("coop", "cocoop", "kgcoop", "biomedcoop", "kmat")
@@ -168,8 +169,9 @@ def fit_method(
     """Train ``method`` on high-end data only; checkpoints go to ``out_dir`` (``model``, ``resume``)."""
     cache = cache or FeatureCache()
     kmat = kmat or KMaTConfig()
-    train = encode_records(backbone, data.train, cache, views=run.views, seed=run.seed, progress=run.progress)
-    val = encode_records(backbone, data.val, cache, progress=run.progress)
+    with main_process_first("encoding the training images"):  # under torchrun: the cache is filled once
+        train = encode_records(backbone, data.train, cache, views=run.views, seed=run.seed, progress=run.progress)
+        val = encode_records(backbone, data.val, cache, progress=run.progress)
     seed_everything(run.seed)
     task = build_task(
         method, backbone, classes, modalities, knowledge, kmat, validation=val if run.patience is not None else None
@@ -285,9 +287,10 @@ def finish_run(
         raise TrainingCancelled(
             f"{method} training was cancelled after {fitted.result.epochs_completed} epoch(s); {saved}"
         )
-    metrics = evaluate(fitted.task, backbone, task, cache, run.progress)
+    with main_process_first("encoding the test images"):
+        metrics = evaluate(fitted.task, backbone, task, cache, run.progress)
     model_path = fitted.result.model_path
-    if model_path is not None:
+    if model_path is not None and is_main_process():  # only rank 0 wrote it
         checkpoint = load_checkpoint(model_path)
         checkpoint.meta.update(
             task=task.name, shots=run.shots, seed=run.seed, metrics=metrics, validation=fitted.validation
@@ -352,12 +355,15 @@ def grid_search(
                 best, best_point = fitted, point
     if best is None or best_point is None:
         raise ValueError("the grid needs at least one lambda_anchor and one lambda_transport")
-    out_dir.mkdir(parents=True, exist_ok=True)
     if best.result.model_path is not None:
-        chosen_files, kept_files = checkpoint_paths(best.result.model_path), checkpoint_paths(out_dir / "model")
+        best.result.model_path = out_dir / "model"
+    if not is_main_process():  # under torchrun: rank 0 keeps the chosen model and writes grid.json
+        return best, points, best_point
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if best_point.model_path is not None:
+        chosen_files, kept_files = checkpoint_paths(Path(best_point.model_path)), checkpoint_paths(out_dir / "model")
         for source, target in zip(chosen_files, kept_files, strict=True):
             shutil.copy2(source, target)
-        best.result.model_path = out_dir / "model"
     grid = {
         "selection": "max high-end validation accuracy, ties: min validation cross-entropy",
         "points": [asdict(point) for point in points],

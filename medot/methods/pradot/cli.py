@@ -8,7 +8,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from medot.launch import mark_single_process
+
 PREDICT_COMMAND = "predict-anomaly"
+PRADOT_SINGLE_PROCESS = (
+    "PRADOT's prototype update solves one OT problem over the whole batch, which is not split across processes"
+)
 
 
 def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
@@ -33,6 +38,7 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
         help="re-run an interrupted job into --out (PRADOT keeps no optimiser state: training starts over)",
     )
     train.set_defaults(run=_run_train)
+    mark_single_process(train, PRADOT_SINGLE_PROCESS)
 
     benchmark = benchmark_methods.add_parser(
         "pradot",
