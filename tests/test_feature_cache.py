@@ -164,6 +164,39 @@ def test_truncated_or_mislabelled_entry_is_recomputed(setup):
     assert (again.hits, again.misses) == (3, 0)
 
 
+def test_flipped_bits_or_non_finite_entries_are_recomputed_not_served(setup):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    backbone, paths, cache, read = setup
+    original = cache.encode(backbone, paths, progress=False, read=read)
+    entries = sorted(cache.root.rglob("*.safetensors"))
+    with safe_open(str(entries[0]), framework="pt") as handle:
+        metadata = handle.metadata()
+        embedding = handle.get_tensor("embedding").clone()
+    # flip the top exponent bits of the last float32 in the file (the data section ends the file)
+    data = bytearray(entries[0].read_bytes())
+    data[-1] ^= 0x7E
+    entries[0].write_bytes(bytes(data))
+    with safe_open(str(entries[0]), framework="pt") as handle:
+        assert not torch.equal(handle.get_tensor("embedding"), embedding)  # still a readable entry
+    # NaN values under the entry's own key, grids and even a freshly computed checksum
+    from medot.train.feature_cache import tensors_sha256
+
+    poisoned = {"embedding": torch.full_like(embedding, float("nan"))}
+    save_file(poisoned, str(entries[1]), metadata={**metadata, "sha256": tensors_sha256(poisoned)})
+    with safe_open(str(entries[2]), framework="pt") as handle:
+        third = dict(handle.metadata())
+    save_file({"embedding": torch.zeros_like(embedding)}, str(entries[2]), metadata=third)  # stale checksum
+
+    backbone.image_calls = 0
+    repaired = cache.encode(backbone, paths, progress=False, read=read)
+    assert (repaired.hits, repaired.misses) == (0, 3)
+    assert torch.equal(repaired.embeddings, original.embeddings)
+    again = cache.encode(backbone, paths, progress=False, read=read)
+    assert (again.hits, again.misses) == (3, 0)
+
+
 def test_augmented_views_are_deterministic_and_leave_the_global_rng_alone():
     image = np.random.default_rng(1).random((40, 50, 3), dtype=np.float32)
     augmentation = ViewAugmentation(scale=(0.3, 0.6))

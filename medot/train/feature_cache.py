@@ -17,8 +17,10 @@ centre crop to the tower's input size). Augmented views are therefore the same o
 machine, and caching ``V`` views per image replaces on-the-fly augmentation (Tip-Adapter's recipe).
 
 Entries are written to a temporary file and renamed into place, so a crash never leaves a partial
-entry under a valid name; an unreadable or mislabelled entry (e.g. truncated by a full disk) is
-recomputed and overwritten. The cache only grows: delete its folder to reclaim space.
+entry under a valid name. Each entry stores the SHA-256 of its tensors' bytes (names, dtypes, shapes
+and values) beside its key; an entry that is unreadable, mislabelled (e.g. truncated by a full disk),
+whose bytes no longer match that checksum (flipped bits on disk) or that holds a non-finite value is
+treated as missing: recomputed and overwritten. The cache only grows: delete its folder to reclaim space.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from medot.checkpoint import atomic_write
 from medot.config import Settings
 from medot.errors import ImageReadError
 
-#: bump when the stored layout changes, so old entries stop matching
-CACHE_FORMAT = 1
+#: bump when the stored layout changes, so old entries stop matching (2: per-entry checksum)
+CACHE_FORMAT = 2
 
 ImageReader = Callable[[Path], np.ndarray]
 
@@ -115,6 +117,16 @@ def augment_view(
 def _owned_cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A contiguous CPU copy that does not keep the batch it was sliced from alive."""
     return tensor.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over ``tensors`` in name order: each name, dtype, shape and its raw bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def _default_read(path: Path) -> np.ndarray:
@@ -257,14 +269,15 @@ class FeatureCache:
     @staticmethod
     def _write(entry: _Entry, tensors: dict[str, torch.Tensor], grids: dict[str, tuple[int, int]]) -> None:
         entry.path.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {"key": entry.key, "grids": json.dumps(grids)}
+        metadata = {"key": entry.key, "grids": json.dumps(grids), "sha256": tensors_sha256(tensors)}
         atomic_write(entry.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @staticmethod
     def _read(
         entry: _Entry, layers: tuple[str, ...]
     ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]] | None:
-        """The entry's tensors and grids, or None when absent, unreadable or not this key's."""
+        """The entry's tensors and grids, or None when absent, unreadable, not this key's, altered
+        since it was written (checksum differs) or non-finite."""
         if not entry.path.is_file():
             return None
         try:
@@ -277,7 +290,12 @@ class FeatureCache:
                     return None
                 tensors = {name: handle.get_tensor(name) for name in names}
                 grids = {layer: tuple(hw) for layer, hw in json.loads(metadata["grids"]).items()}
+                stored_sha256 = metadata["sha256"]
         except (SafetensorError, OSError, ValueError, KeyError, TypeError):
+            return None
+        if tensors_sha256(tensors) != stored_sha256:
+            return None
+        if not all(bool(torch.isfinite(tensor).all()) for tensor in tensors.values()):
             return None
         for layer in layers:
             h, w = grids.get(layer, (0, 0))
