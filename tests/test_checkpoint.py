@@ -79,3 +79,75 @@ def test_list_checkpoints_finds_sidecars_and_filters_by_method(tmp_path):
     assert {path.name for path, _ in everything} == {"kmat_model.safetensors", "pradot_model.safetensors"}
     only = list_checkpoints(tmp_path, method="pradot")
     assert [meta["method"] for _, meta in only] == ["pradot"]
+
+
+
+def _save(tmp_path, version, kill_at=0):
+    """Save version ``version`` in a forked writer that is SIGKILLed right before its
+    ``kill_at``-th filesystem step (rename or link; 0: never; "final": the sidecar's rename).
+    Returns (exit signal, steps taken)."""
+    import os
+    import signal
+
+    from medot import checkpoint as module
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the writer
+        os.close(read)
+        calls = []
+
+        def deadly(real):
+            def wrapper(*args, **kwargs):
+                calls.append(real.__name__)
+                final = kill_at == "final" and str(args[1]).endswith("resume.json")
+                if len(calls) == kill_at or final:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(*args, **kwargs)
+
+            return wrapper
+
+        module.os.replace, module.os.link = deadly(os.replace), deadly(os.link)
+        tensors = {"weights": torch.full((64, 8), float(version)), "step": torch.tensor([version])}
+        meta = {"method": "kmat", "backbone": "lite", "version": version}
+        save_checkpoint(tmp_path / "run" / "resume", Checkpoint(tensors, meta))
+        os.write(write, str(len(calls)).encode())
+        os._exit(0)
+    os.close(write)
+    steps = os.read(read, 100).decode()
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    return (os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0), int(steps or 0)
+
+
+def _version(checkpoint):
+    version = checkpoint.meta["version"]
+    assert int(checkpoint.tensors["step"]) == version
+    assert torch.equal(checkpoint.tensors["weights"], torch.full((64, 8), float(version)))
+    return version
+
+
+def test_a_writer_killed_at_any_step_leaves_a_complete_state_to_resume_from(tmp_path):
+    import signal
+
+    resume = tmp_path / "run" / "resume"
+    for version in (1, 2):
+        assert _save(tmp_path, version) == (0, 2 if version == 1 else 6)
+    _, steps = _save(tmp_path, 3)  # keep 2 as the previous version (2 links, 2 renames), then 2 renames
+    for kill_at in range(1, steps + 1):
+        for version in (1, 2):  # current = 2, previous = 1
+            _save(tmp_path, version)
+        assert _save(tmp_path, 3, kill_at=kill_at)[0] == signal.SIGKILL
+        assert _version(load_checkpoint(resume, fallback=True)) == 2
+        # killed again between the renames of the next save: the complete state is never overwritten
+        assert _save(tmp_path, 4, kill_at="final")[0] == signal.SIGKILL
+        assert _version(load_checkpoint(resume, fallback=True)) == 2
+        assert _save(tmp_path, 5)[0] == 0
+        assert _version(load_checkpoint(resume)) == 5
+    # between the two final renames: the strict load refuses, the fallback serves the previous version
+    _save(tmp_path, 6)
+    assert _save(tmp_path, 7, kill_at="final")[0] == signal.SIGKILL
+    with pytest.raises(CheckpointError, match="hash differs"):
+        load_checkpoint(resume)
+    assert _version(load_checkpoint(resume, fallback=True)) == 6
+    assert [path for path, _ in list_checkpoints(tmp_path)] == [tmp_path / "run" / "resume.safetensors"]

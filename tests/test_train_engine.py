@@ -1,5 +1,6 @@
 """Trainer: reproducibility, lr schedule, exact resume, cancellation, early stopping, events, errors."""
 
+import json
 import math
 
 import pytest
@@ -145,6 +146,29 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, optimizer):
     saved = load_checkpoint(result.model_path)
     _assert_same(saved.tensors, _params(uninterrupted))
     assert saved.meta["training"]["status"] == "completed" and len(saved.meta["training"]["history"]) == 4
+
+
+def test_resume_falls_back_to_the_previous_state_when_the_last_save_was_cut_between_renames(tmp_path):
+    uninterrupted = TinyTask()
+    _fit(uninterrupted, _config(checkpoint_dir=tmp_path / "a"))
+
+    crashing = TinyTask(fail_at_call=2 * STEPS_PER_EPOCH + 3)  # after the epoch-1 and epoch-2 saves
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(crashing, _config(checkpoint_dir=tmp_path / "b"))
+    # a kill between the epoch-2 save's two renames: new tensors beside the old (epoch-1) sidecar
+    current, sidecar = tmp_path / "b" / "resume.safetensors", tmp_path / "b" / "resume.json"
+    previous_sidecar = tmp_path / "b" / ".resume.previous.json"
+    assert json.loads(previous_sidecar.read_text())["trainer"]["progress"]["epoch"] == 1
+    sidecar.write_text(previous_sidecar.read_text())
+    with pytest.raises(CheckpointError, match="hash differs"):
+        load_checkpoint(current)
+
+    resumed, events = TinyTask(init_seed=999), []
+    result = _fit(resumed, _config(checkpoint_dir=tmp_path / "b"), resume=True, on_event=events.append)
+    assert "from the previous saved state" in events[0].message
+    assert resumed.calls == 3 * STEPS_PER_EPOCH  # epochs 2-4 again, from the epoch-1 state
+    assert result.status == "completed" and result.epochs_completed == 4
+    _assert_same(_params(resumed), _params(uninterrupted))
 
 
 def test_cancellation_mid_epoch_saves_a_checkpoint_that_resumes_exactly(tmp_path):

@@ -13,7 +13,9 @@ epochs the full training state is saved so that a resumed run continues exactly 
 * ``<checkpoint_dir>/model`` - the final task tensors (the best epoch's, when there is a
   validation score) with the task's metadata and the training summary, written at the end.
 
-Both go through :mod:`medot.checkpoint` (safetensors + JSON, atomic), never pickle. The data
+Both go through :mod:`medot.checkpoint` (safetensors + JSON, atomic as a pair, keeping the
+previous complete version), never pickle; resuming falls back to that previous state when the
+writer was killed between renaming the new tensors and the new sidecar. The data
 order of epoch ``e`` comes from a generator seeded by ``(seed, e)`` (:mod:`medot.train.data`), so
 resuming mid-epoch replays the epoch's batches and skips those already taken.
 
@@ -37,7 +39,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from medot.checkpoint import TRAINING_STATE_KEY, Checkpoint, checkpoint_paths, load_checkpoint, save_checkpoint
+from medot.checkpoint import TRAINING_STATE_KEY, Checkpoint, checkpoint_exists, load_checkpoint, save_checkpoint
 from medot.errors import CheckpointError, MedotError
 from medot.train.config import TrainConfig
 from medot.train.data import BatchFactory, EpochContext, move_to_device
@@ -157,9 +159,13 @@ class _Run:
         config = self.config
         try:
             self.task.to(self.device).train()
-            if resume and self.resume_path is not None and checkpoint_paths(self.resume_path)[1].is_file():
-                self._restore(load_checkpoint(self.resume_path))
+            if resume and self.resume_path is not None and checkpoint_exists(self.resume_path):
+                # a writer killed between its two renames leaves the previous state complete: use it
+                state = load_checkpoint(self.resume_path, fallback=True)
+                self._restore(state)
                 start = f"resuming after epoch {self.progress.epoch}, step {self.progress.step_in_epoch}"
+                if "loaded_from" in state.meta:
+                    start += f", from the previous saved state {state.meta['loaded_from']}"
             else:
                 seed_everything(config.seed)
                 self.optimizer = build_optimizer(self.task.parameter_groups(), config)
