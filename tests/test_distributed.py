@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,9 +55,9 @@ def kmat_args(model_dir: Path, task_file: Path, out: Path, batch_size: int) -> l
     ]
 
 
-def torchrun(args: list[str], tmp_path: Path, name: str) -> tuple[subprocess.CompletedProcess, Path]:
-    """``torchrun --standalone --nproc_per_node=2 tests/distributed_train.py ARGS`` with its own
-    MEDOT_HOME (empty feature cache), events file and record folder."""
+def torchrun_command(args: list[str], tmp_path: Path, name: str) -> tuple[list[str], dict[str, str]]:
+    """``torchrun --standalone --nproc_per_node=2 tests/distributed_train.py ARGS`` and its
+    environment: its own MEDOT_HOME (empty feature cache), events file and record folder."""
     record = tmp_path / f"{name}_record"
     record.mkdir()
     env = {
@@ -70,8 +72,14 @@ def torchrun(args: list[str], tmp_path: Path, name: str) -> tuple[subprocess.Com
         env.pop(variable, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(TESTS / "distributed_train.py"), *args]
+    return command, env
+
+
+def torchrun(args: list[str], tmp_path: Path, name: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run :func:`torchrun_command` to the end; returns it and its record folder."""
+    command, env = torchrun_command(args, tmp_path, name)
     # the timeout only turns a hang (ranks waiting on each other) into a failure; not a speed check
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900), record
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900), tmp_path / f"{name}_record"
 
 
 def test_torchrun_trains_one_kmat_model_equal_to_one_process_with_the_same_global_batch(
@@ -134,6 +142,31 @@ def test_a_failure_on_rank_0_ends_every_rank_with_a_one_line_error(tmp_path, mod
     assert not re.search(r'File ".*[/\\]medot[/\\]', run.stderr)  # torchrun's own report, no medot traceback
 
 
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_rank_0_saves_the_state(tmp_path, model_dir, task_file):
+    out, events = tmp_path / "stopped", tmp_path / "stopped_events.jsonl"
+    args = kmat_args(model_dir, task_file, out, batch_size=1)
+    args[args.index("--epochs") + 1] = "1000"  # far more than runs before the signal
+    command, env = torchrun_command(args, tmp_path, "stopped")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        # signal once the first epoch has ended (read from the events file: no timing assumption)
+        while process.poll() is None and '"kind":"epoch"' not in (events.read_text() if events.exists() else ""):
+            time.sleep(0.2)
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=600)  # a hang (ranks left waiting) fails here
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert stderr.count("medot: SIGTERM received: stopping after the current step") == 2  # both ranks
+    assert stdout.count("kmat training was cancelled after") == 1
+    kinds = [json.loads(line)["kind"] for line in events.read_text().splitlines()]
+    assert kinds.count("cancelled") == 1 and "done" not in kinds
+    assert sorted(path.name for path in out.iterdir()) == ["resume.json", "resume.safetensors"]
+    assert not re.search(r'File ".*[/\\]medot[/\\]', stderr)
+
+
 # ------------------------------------------------------------------ one process, no launcher
 @pytest.mark.parametrize(
     ("argv", "refused"),
@@ -175,6 +208,24 @@ def test_a_broken_launcher_environment_is_a_clear_error(env, message, monkeypatc
         monkeypatch.setenv(name, value)
     with pytest.raises(MedotError, match=message):
         launch_environment()
+
+
+@pytest.mark.parametrize(
+    ("device", "timeout", "message"),
+    [
+        ("cuda:1", "", "--device cuda:1 names one GPU for all 2 processes"),
+        ("gpu0", "", "--device 'gpu0' is not a torch device"),
+        ("cpu", "soon", "MEDOT_DIST_TIMEOUT='soon': give the collective timeout as a positive number"),
+    ],
+)
+def test_a_launch_that_cannot_work_is_refused_before_joining_the_group(device, timeout, message, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MEDOT_DIST_TIMEOUT", timeout)
+    with pytest.raises(MedotError, match=re.escape(message)):
+        with distributed.distributed_session(device):
+            pass
+    assert not dist.is_initialized()
 
 
 def test_without_a_launcher_the_helpers_are_one_process_no_ops(monkeypatch):

@@ -80,10 +80,25 @@ def is_main_process() -> bool:
     return rank_and_world_size()[0] == 0
 
 
-def _wants_cuda(device: str | None) -> bool:
+def _parse_device(device: str | None) -> torch.device | None:
+    """None for ``auto``; else ``torch.device(device)``, a bad name being a :class:`MedotError`."""
     if device in (None, "", "auto"):
-        return torch.cuda.is_available()
-    return torch.device(device).type == "cuda"
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError):
+        raise MedotError(f"--device {device!r} is not a torch device: use auto, cpu, cuda") from None
+
+
+def _timeout() -> datetime.timedelta:
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise MedotError(f"{TIMEOUT_ENV}={text!r}: give the collective timeout as a positive number of seconds")
+    return datetime.timedelta(seconds=seconds)
 
 
 @contextlib.contextmanager
@@ -99,7 +114,14 @@ def distributed_session(device: str | None = "auto") -> Iterator[LaunchEnvironme
     if not env.is_distributed or is_distributed():
         yield env
         return
-    use_cuda = _wants_cuda(device)
+    chosen = _parse_device(device)
+    timeout = _timeout()
+    use_cuda = torch.cuda.is_available() if chosen is None else chosen.type == "cuda"
+    if chosen is not None and chosen.type == "cuda" and chosen.index is not None:
+        raise MedotError(
+            f"--device {device} names one GPU for all {env.world_size} processes: under torchrun use "
+            "--device cuda (or auto), and each process takes the GPU of its LOCAL_RANK"
+        )
     if use_cuda:
         if env.local_rank >= torch.cuda.device_count():
             raise MedotError(
@@ -107,7 +129,6 @@ def distributed_session(device: str | None = "auto") -> Iterator[LaunchEnvironme
                 "start at most one process per GPU (--nproc_per_node)"
             )
         torch.cuda.set_device(env.local_rank)
-    timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     try:
         yield env
