@@ -20,6 +20,7 @@ from medot.backbones.base import VisionLanguageBackbone
 from medot.eval import SeedSummary, summarise_seeds
 from medot.methods.kmat.model import KMaTConfig
 from medot.methods.kmat.runner import METRICS, MethodRun, RunConfig, run_method
+from medot.methods.prompt_learning.baselines import BaselineConfig
 from medot.methods.prompt_learning.crossmodal import CrossModalTask
 from medot.methods.prompt_learning.knowledge import embed_descriptions
 from medot.train import FeatureCache
@@ -62,14 +63,16 @@ def run_benchmark(
     run: RunConfig,
     *,
     kmat: KMaTConfig | None = None,
+    baselines: BaselineConfig | None = None,
     out_dir: Path,
     cache: FeatureCache | None = None,
 ) -> BenchmarkResult:
     """Run ``methods`` x ``seeds`` on ``task``; each trained run checkpoints to ``out_dir/<method>/seed<s>``."""
     cache = cache or FeatureCache()
     kmat = kmat or KMaTConfig()
+    baselines = baselines or BaselineConfig()
     knowledge = embed_descriptions(backbone, task.descriptions, task.classes)
-    settings = {"run": asdict(run), "kmat": kmat.to_dict()}
+    settings = {"run": asdict(run), "kmat": kmat.to_dict(), "baselines": baselines.to_dict()}
     settings["run"].pop("seed")
     result = BenchmarkResult(task.name, backbone.name, tuple(methods), tuple(seeds), settings)
     for method in methods:
@@ -82,6 +85,7 @@ def run_benchmark(
                     knowledge,
                     replace(run, seed=seed),
                     kmat=kmat,
+                    baselines=baselines,
                     out_dir=out_dir / method / f"seed{seed}",
                     cache=cache,
                 )

@@ -72,6 +72,24 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-msc", action="store_true", help="ablation: the same context for both modalities")
     parser.add_argument("--no-anc", action="store_true", help="ablation: drop the knowledge-anchor loss")
     parser.add_argument("--no-fgw", action="store_true", help="ablation: drop the FGW manifold-transport loss")
+    baselines = parser.add_argument_group("baselines' weights (defaults: their authors')")
+    baselines.add_argument(
+        "--kgcoop-lambda", type=float, default=8.0,
+        help="KgCoOp: weight of mean(1 - cos(w, w_clip)) (default: 8, as the authors' code)",
+    )
+    baselines.add_argument(
+        "--biomedcoop-lambda1", type=float, default=1.0, help="BiomedCoOp: weight of L_SCCM (default: 1)"
+    )
+    baselines.add_argument(
+        "--biomedcoop-lambda2", type=float, default=1.0, help="BiomedCoOp: weight of L_KDSP (default: 1)"
+    )
+    baselines.add_argument(
+        "--biomedcoop-tau", type=float, default=1.5,
+        help="BiomedCoOp: description-pruning threshold, robust z-score (default: 1.5)",
+    )
+    baselines.add_argument(
+        "--cocoop-width", type=int, help="CoCoOp: meta-net hidden width (default: embedding dim / 16)"
+    )
     parser.add_argument("--backbone", help="backbone name (default: $MEDOT_BACKBONE or auto)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--out", help="output folder (default: under $MEDOT_HOME)")
@@ -82,6 +100,7 @@ def _configs(args: argparse.Namespace, seed: int):
     from medot.errors import MedotError
     from medot.methods.kmat.model import KMaTConfig
     from medot.methods.kmat.runner import RunConfig
+    from medot.methods.prompt_learning.baselines import BaselineConfig
 
     try:
         run = RunConfig(
@@ -104,11 +123,18 @@ def _configs(args: argparse.Namespace, seed: int):
             lambda_anchor=args.lambda_anc,
             lambda_transport=args.lambda_fgw,
         )
+        baselines = BaselineConfig(
+            kgcoop_lambda=args.kgcoop_lambda,
+            biomedcoop_lambda_sccm=args.biomedcoop_lambda1,
+            biomedcoop_lambda_kdsp=args.biomedcoop_lambda2,
+            biomedcoop_tau=args.biomedcoop_tau,
+            cocoop_meta_hidden=args.cocoop_width,
+        )
     except ValueError as error:
         raise MedotError(str(error)) from None
     if args.views < 1 or args.batch_size < 1:
         raise MedotError("--views and --batch-size must be at least 1")
-    return run, kmat
+    return run, kmat, baselines
 
 
 def _setup(args: argparse.Namespace):
@@ -149,7 +175,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise MedotError(
             "--grid-anc/--grid-fgw search K-MaT's lambdas: use them with --method kmat and without --resume"
         )
-    run, kmat = _configs(args, args.seed)
+    run, kmat, baselines = _configs(args, args.seed)
     main = is_main_process()  # under torchrun, only rank 0 prints and writes
     if not main:
         run = replace(run, progress=False)
@@ -179,7 +205,7 @@ def _run_train(args: argparse.Namespace) -> int:
             result = finish_run("kmat", fitted, backbone, task, run, cache)
         else:
             result = run_method(
-                args.method, backbone, task, knowledge, run, kmat=kmat, out_dir=out, cache=cache,
+                args.method, backbone, task, knowledge, run, kmat=kmat, baselines=baselines, out_dir=out, cache=cache,
                 on_event=event_sink_from_env(), should_stop=stop, resume=args.resume,
             )
     except TrainingCancelled as cancelled:
@@ -222,10 +248,10 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         raise MedotError(f"--methods {args.methods!r}: give distinct names from {', '.join(METHODS)}")
     if len(set(args.seeds)) != len(args.seeds):
         raise MedotError(f"--seeds {args.seeds}: give distinct seeds")
-    run, kmat = _configs(args, args.seeds[0])
+    run, kmat, baselines = _configs(args, args.seeds[0])
     settings, task, backbone = _setup(args)
     out = Path(args.out) if args.out else settings.home / "benchmarks" / "kmat" / task.name
-    result = run_benchmark(backbone, task, methods, args.seeds, run, kmat=kmat, out_dir=out)
+    result = run_benchmark(backbone, task, methods, args.seeds, run, kmat=kmat, baselines=baselines, out_dir=out)
     csv_path, json_path = write_benchmark(result, out)
     print(format_table(result))
     print(f"wrote {csv_path} and {json_path}")

@@ -30,10 +30,7 @@ from medot.errors import MedotError
 from medot.eval import accuracy, harmonic_mean_accuracy, macro_f1
 from medot.methods.kmat.model import KMaTConfig, KMaTTask
 from medot.methods.prompt_learning.baselines import (
-    BIOMEDCOOP_LAMBDA_KDSP,
-    BIOMEDCOOP_LAMBDA_SCCM,
-    BIOMEDCOOP_TAU,
-    KGCOOP_LAMBDA,
+    BaselineConfig,
     BiomedCoOpTask,
     CoCoOpTask,
     CoOpTask,
@@ -121,8 +118,11 @@ def build_task(
     knowledge: DescriptionEmbeddings,
     kmat: KMaTConfig,
     validation: LabelledEmbeddings | None = None,
+    baselines: BaselineConfig | None = None,
 ) -> PromptTask:
-    """A fresh (randomly initialised: seed first) task for one of :data:`TRAINED_METHODS`."""
+    """A fresh (randomly initialised: seed first) task for one of :data:`TRAINED_METHODS`; the
+    baselines' weights come from ``baselines`` and are recorded in ``hyper_parameters``."""
+    baselines = baselines or BaselineConfig()
     common: dict[str, Any] = {
         "modalities": modalities,
         "validation": None if validation is None else (validation.plain, validation.labels),
@@ -130,23 +130,39 @@ def build_task(
     if method == "kmat":
         prompts = kmat.prompt_learner(backbone, classes)
         return KMaTTask(prompts, knowledge, kmat, hyper_parameters=kmat.to_dict(), **common)
-    prompts = PromptLearner(backbone, classes, n_ctx=BASELINE_N_CTX, conditional=method == "cocoop")
+    conditional = method == "cocoop"
+    prompts = PromptLearner(
+        backbone,
+        classes,
+        n_ctx=BASELINE_N_CTX,
+        conditional=conditional,
+        meta_hidden=baselines.cocoop_meta_hidden if conditional else None,
+    )
     if method == "coop":
         return CoOpTask(prompts, hyper_parameters={"n_ctx": BASELINE_N_CTX}, **common)
     if method == "cocoop":
-        return CoCoOpTask(prompts, hyper_parameters={"n_ctx": BASELINE_N_CTX}, **common)
+        hyper = {"n_ctx": BASELINE_N_CTX, "meta_hidden": prompts.config()["meta_hidden"]}
+        return CoCoOpTask(prompts, hyper_parameters=hyper, **common)
     if method == "kgcoop":
         reference = template_embeddings(backbone, classes)
-        hyper = {"n_ctx": BASELINE_N_CTX, "lambda_kg": KGCOOP_LAMBDA}
-        return KgCoOpTask(prompts, reference, KGCOOP_LAMBDA, hyper_parameters=hyper, **common)
+        hyper = {"n_ctx": BASELINE_N_CTX, "lambda_kg": baselines.kgcoop_lambda, "kg_form": "mean(1 - cos)"}
+        return KgCoOpTask(prompts, reference, baselines.kgcoop_lambda, hyper_parameters=hyper, **common)
     if method == "biomedcoop":
         hyper = {
             "n_ctx": BASELINE_N_CTX,
-            "lambda_sccm": BIOMEDCOOP_LAMBDA_SCCM,
-            "lambda_kdsp": BIOMEDCOOP_LAMBDA_KDSP,
-            "tau": BIOMEDCOOP_TAU,
+            "lambda_sccm": baselines.biomedcoop_lambda_sccm,
+            "lambda_kdsp": baselines.biomedcoop_lambda_kdsp,
+            "tau": baselines.biomedcoop_tau,
         }
-        return BiomedCoOpTask(prompts, knowledge, hyper_parameters=hyper, **common)
+        return BiomedCoOpTask(
+            prompts,
+            knowledge,
+            lambda_sccm=baselines.biomedcoop_lambda_sccm,
+            lambda_kdsp=baselines.biomedcoop_lambda_kdsp,
+            tau=baselines.biomedcoop_tau,
+            hyper_parameters=hyper,
+            **common,
+        )
     raise ValueError(f"unknown trained method {method!r}; choose from {', '.join(TRAINED_METHODS)}")
 
 
@@ -160,6 +176,7 @@ def fit_method(
     knowledge: DescriptionEmbeddings,
     run: RunConfig,
     kmat: KMaTConfig | None = None,
+    baselines: BaselineConfig | None = None,
     out_dir: Path | None = None,
     cache: FeatureCache | None = None,
     on_event: EventHandler | None = None,
@@ -174,7 +191,14 @@ def fit_method(
         val = encode_records(backbone, data.val, cache, progress=run.progress)
     seed_everything(run.seed)
     task = build_task(
-        method, backbone, classes, modalities, knowledge, kmat, validation=val if run.patience is not None else None
+        method,
+        backbone,
+        classes,
+        modalities,
+        knowledge,
+        kmat,
+        validation=val if run.patience is not None else None,
+        baselines=baselines,
     )
     trainer = Trainer(run.train_config(out_dir))
     batches = ViewBatches(train, run.batch_size)
@@ -236,6 +260,7 @@ def run_method(
     run: RunConfig,
     *,
     kmat: KMaTConfig | None = None,
+    baselines: BaselineConfig | None = None,
     out_dir: Path | None = None,
     cache: FeatureCache | None = None,
     on_event: EventHandler | None = None,
@@ -259,6 +284,7 @@ def run_method(
         knowledge=knowledge,
         run=run,
         kmat=kmat,
+        baselines=baselines,
         out_dir=out_dir,
         cache=cache,
         on_event=on_event,
