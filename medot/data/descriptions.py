@@ -277,7 +277,7 @@ def _locate(path_or_name: str | os.PathLike[str]) -> Path:
     """The bundled file for a bundled set's name (a ``str`` such as ``"chest"``), else the file at that path."""
     if isinstance(path_or_name, str) and path_or_name in bundled_description_sets():
         return BUNDLED_DIR / f"{path_or_name}.json"
-    path = Path(path_or_name).expanduser()
+    path = Path(os.path.abspath(Path(path_or_name).expanduser()))
     if not path.is_file():
         raise DescriptionError(
             f"no description file at {path} and no bundled description set named {str(path_or_name)!r}; "

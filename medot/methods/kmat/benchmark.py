@@ -71,7 +71,9 @@ def run_benchmark(
     cache = cache or FeatureCache()
     kmat = kmat or KMaTConfig()
     baselines = baselines or BaselineConfig()
-    knowledge = embed_descriptions(backbone, task.descriptions, task.classes)
+    for method in methods:
+        task.require_descriptions(method)
+    knowledge = None if task.descriptions is None else embed_descriptions(backbone, task.descriptions, task.classes)
     settings = {"run": asdict(run), "kmat": kmat.to_dict(), "baselines": baselines.to_dict()}
     settings["run"].pop("seed")
     result = BenchmarkResult(task.name, backbone.name, tuple(methods), tuple(seeds), settings)

@@ -15,8 +15,26 @@ from medot.launch import mark_distributed
 DEFAULT_BENCHMARK_METHODS = "zeroshot,zeroshot_desc,coop,cocoop,kgcoop,biomedcoop,kmat"
 
 
-def register(commands, train_methods, benchmark_methods) -> None:  # noqa: ARG001 - no top-level command
-    """Add ``kmat`` under ``medot train`` and ``medot benchmark``."""
+def register(commands, train_methods, benchmark_methods) -> None:
+    """Add ``kmat`` under ``medot train`` and ``medot benchmark``, and ``medot task init``."""
+    task = commands.add_parser("task", help="prepare a cross-modal task from your own image folders")
+    task_commands = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)
+    init = task_commands.add_parser(
+        "init",
+        help="write task.json and split files from a folder tree, and print what was found",
+        description="Read ROOT/<high>/{train,val,test}/<class>/ and ROOT/<low>/test/<class>/ (ROOT/<low>/val/ "
+        "optional, never used), print the images per class x split x modality, check that every class has images "
+        "in every split (and at least --shots training images), then write ROOT/task.json and "
+        "ROOT/<modality>/split_<modality>.json (paths relative to the modality folder). The modality names are the "
+        "folder names. Train with --task ROOT/task.json (or --task ROOT directly).",
+    )
+    init.add_argument("root", help="the task folder")
+    init.add_argument("--descriptions", help="class-description JSON file (docs/descriptions.md); needed by kmat, "
+                      "zeroshot_desc and biomedcoop")
+    init.add_argument("--shots", type=int, default=16, help="check this many training images per class (default: 16)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing task.json / split files")
+    init.set_defaults(run=_run_task_init)
+
     train = train_methods.add_parser(
         "kmat",
         help="train K-MaT (or a prompt-learning baseline) on high-end images, test on both modalities",
@@ -54,7 +72,14 @@ def register(commands, train_methods, benchmark_methods) -> None:  # noqa: ARG00
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task", "--dataset", dest="task", required=True,
-        help="'synthetic', skin_midas, skin_derm7pt, breast, chest, or a task JSON file",
+        help="'synthetic', skin_midas, skin_derm7pt, breast, chest, a task JSON file, or a folder "
+        "ROOT/<high>/{train,val,test}/<class>/ + ROOT/<low>/test/<class>/ (modality names = folder names; "
+        "'medot task init ROOT' checks it and writes a task JSON)",
+    )
+    parser.add_argument(
+        "--descriptions", metavar="FILE",
+        help="class-description JSON for a folder --task (docs/descriptions.md; example: assets/descriptions/chest.json); "
+        "kmat, zeroshot_desc and biomedcoop need it",
     )
     parser.add_argument("--shots", type=int, default=16, help="high-end training images per class (default: 16)")
     parser.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50)")
@@ -137,7 +162,8 @@ def _configs(args: argparse.Namespace, seed: int):
     return run, kmat, baselines
 
 
-def _setup(args: argparse.Namespace):
+def _setup(args: argparse.Namespace, methods):
+    """Settings, the task (each of ``methods`` checked against it before any model is loaded) and the backbone."""
     from medot.backbones import create_backbone
     from medot.config import Settings
     from medot.methods.prompt_learning.crossmodal import resolve_task
@@ -145,7 +171,9 @@ def _setup(args: argparse.Namespace):
 
     settings = Settings.from_env()
     with main_process_first("preparing the task's data"):  # 'synthetic' is written on first use
-        task = resolve_task(args.task, settings)
+        task = resolve_task(args.task, settings, descriptions=args.descriptions)
+    for method in methods:
+        task.require_descriptions(method)
     device = None if args.device == "auto" else args.device
     backbone = create_backbone(args.backbone or settings.backbone, device=device)
     return settings, task, backbone
@@ -179,11 +207,11 @@ def _run_train(args: argparse.Namespace) -> int:
     main = is_main_process()  # under torchrun, only rank 0 prints and writes
     if not main:
         run = replace(run, progress=False)
-    settings, task, backbone = _setup(args)
+    settings, task, backbone = _setup(args, [args.method])
     name = f"{task.name}_{args.method}_{args.shots}shot_seed{args.seed}"
     out = Path(args.out) if args.out else settings.models_dir / "kmat" / name
     cache = FeatureCache()
-    knowledge = embed_descriptions(backbone, task.descriptions, task.classes)
+    knowledge = None if task.descriptions is None else embed_descriptions(backbone, task.descriptions, task.classes)
     summary: dict[str, object] = {}
     stop = stop_requested_from_signals()
     try:
@@ -249,10 +277,39 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     if len(set(args.seeds)) != len(args.seeds):
         raise MedotError(f"--seeds {args.seeds}: give distinct seeds")
     run, kmat, baselines = _configs(args, args.seeds[0])
-    settings, task, backbone = _setup(args)
+    settings, task, backbone = _setup(args, methods)
     out = Path(args.out) if args.out else settings.home / "benchmarks" / "kmat" / task.name
     result = run_benchmark(backbone, task, methods, args.seeds, run, kmat=kmat, baselines=baselines, out_dir=out)
     csv_path, json_path = write_benchmark(result, out)
     print(format_table(result))
     print(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
+def _run_task_init(args: argparse.Namespace) -> int:
+    from medot.errors import MedotError
+    from medot.methods.prompt_learning.crossmodal import (
+        folder_task,
+        split_count_table,
+        task_problems,
+        write_task_files,
+    )
+
+    root = Path(args.root).expanduser()
+    if not root.is_dir():
+        raise MedotError(f"{root.resolve()} is not a folder")
+    task = folder_task(root, args.descriptions)
+    high, low = task.modalities
+    print(f"task {task.name!r}: {high} (high end) -> {low} (low end), {len(task.classes)} classes")
+    print(split_count_table(task))
+    if task.descriptions is None:
+        print("no --descriptions: kmat, zeroshot_desc and biomedcoop will refuse; zeroshot, coop, cocoop, kgcoop run")
+    else:
+        print(f"descriptions: {task.descriptions.origin}")
+    problems = task_problems(task, args.shots)
+    if problems:
+        raise MedotError("the task is not ready (nothing written):\n  " + "\n  ".join(problems))
+    task_path, split_paths = write_task_files(task, root, force=args.force)
+    print(f"wrote {task_path} and {', '.join(map(str, split_paths))}")
+    print(f"next: medot train kmat --task {task_path}" + ("" if task.descriptions else " --method coop"))
     return 0

@@ -115,7 +115,7 @@ def build_task(
     backbone: VisionLanguageBackbone,
     classes: Sequence[str],
     modalities: tuple[str, str],
-    knowledge: DescriptionEmbeddings,
+    knowledge: DescriptionEmbeddings | None,
     kmat: KMaTConfig,
     validation: LabelledEmbeddings | None = None,
     baselines: BaselineConfig | None = None,
@@ -123,6 +123,8 @@ def build_task(
     """A fresh (randomly initialised: seed first) task for one of :data:`TRAINED_METHODS`; the
     baselines' weights come from ``baselines`` and are recorded in ``hyper_parameters``."""
     baselines = baselines or BaselineConfig()
+    if knowledge is None and method in ("kmat", "biomedcoop"):
+        raise ValueError(f"{method} needs the class descriptions' embeddings (knowledge)")
     common: dict[str, Any] = {
         "modalities": modalities,
         "validation": None if validation is None else (validation.plain, validation.labels),
@@ -173,7 +175,7 @@ def fit_method(
     *,
     classes: Sequence[str],
     modalities: tuple[str, str],
-    knowledge: DescriptionEmbeddings,
+    knowledge: DescriptionEmbeddings | None,
     run: RunConfig,
     kmat: KMaTConfig | None = None,
     baselines: BaselineConfig | None = None,
@@ -242,13 +244,15 @@ def transfer_metrics(high: tuple[Any, Any], low: tuple[Any, Any], n_classes: int
 
 
 def zero_shot_classifier(
-    method: str, backbone: VisionLanguageBackbone, classes: Sequence[str], knowledge: DescriptionEmbeddings
+    method: str, backbone: VisionLanguageBackbone, classes: Sequence[str], knowledge: DescriptionEmbeddings | None
 ) -> ZeroShotClassifier:
     """``zeroshot``: hand-crafted templates for both modalities; ``zeroshot_desc``: the description
     ensembles :math:`\\bar p_{i,m}` of each modality."""
     if method == ZEROSHOT:
         templates = template_embeddings(backbone, classes)
         return ZeroShotClassifier(torch.stack([templates, templates]), backbone.logit_scale)
+    if knowledge is None:
+        raise ValueError(f"{method} needs the class descriptions' embeddings (knowledge)")
     return ZeroShotClassifier(knowledge.anchors(), backbone.logit_scale)
 
 
@@ -256,7 +260,7 @@ def run_method(
     method: str,
     backbone: VisionLanguageBackbone,
     task: CrossModalTask,
-    knowledge: DescriptionEmbeddings,
+    knowledge: DescriptionEmbeddings | None,
     run: RunConfig,
     *,
     kmat: KMaTConfig | None = None,
@@ -271,6 +275,7 @@ def run_method(
     model checkpoint's metadata under ``metrics``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    task.require_descriptions(method)
     cache = cache or FeatureCache()
     if method in (ZEROSHOT, ZEROSHOT_DESCRIPTIONS):
         classifier = zero_shot_classifier(method, backbone, task.classes, knowledge)

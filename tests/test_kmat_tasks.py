@@ -1,0 +1,214 @@
+"""K-MaT on your own data: folder tasks, `medot task init`, class checks, errors that name paths
+(tiny BiomedCLIP-shaped backbone with random weights, tiny PNG trees)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medot.checkpoint import load_checkpoint
+from medot.data.datasets import DatasetLayoutError
+from medot.errors import MedotError
+from medot.methods.prompt_learning.crossmodal import TaskError, resolve_task
+from test_kmat_cli import medot
+from tiny_open_clip import write_tiny_biomedclip
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CLASSES = ("covid", "normal")
+HIGH_COUNTS = {"train": 3, "val": 1, "test": 2}
+LOW_COUNTS = {"val": 1, "test": 2}
+
+
+def write_tree(root: Path, counts: dict[tuple[str, str, str], int] | None = None) -> Path:
+    """``root/ct/{train,val,test}/<class>/`` and ``root/xray/{val,test}/<class>/`` of 16x16 PNGs."""
+    rng = np.random.default_rng(0)
+    layout = {("ct", split, cls): n for split, n in HIGH_COUNTS.items() for cls in CLASSES}
+    layout |= {("xray", split, cls): n for split, n in LOW_COUNTS.items() for cls in CLASSES}
+    layout |= counts or {}
+    for (modality, split, cls), n in layout.items():
+        folder = root / modality / split / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+            pixels[..., CLASSES.index(cls)] = 200  # a class signal
+            Image.fromarray(pixels).save(folder / f"{modality}_{split}_{cls}_{i}.png")
+    return root
+
+
+def write_descriptions(path: Path, classes=CLASSES, modalities=("ct", "xray")) -> Path:
+    sentences = {
+        m: {c: [f"a {m} image of {c}, view {k}." for k in range(3)] for c in classes} for m in modalities
+    }
+    document = {
+        "task": "mine",
+        "modalities": {"high": modalities[0], "low": modalities[1]},
+        "classes": list(classes),
+        "descriptions": sentences,
+    }
+    path.write_text(json.dumps(document))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_tiny_biomedclip(tmp_path_factory.mktemp("tiny_model"))
+
+
+def common(model_dir, out) -> list[str]:
+    return [
+        "--shots", "2", "--epochs", "2", "--views", "1", "--backbone", f"local-dir:{model_dir}", "--device", "cpu",
+        "--out", str(out), "--quiet",
+    ]
+
+
+def test_folder_task_reads_modalities_and_classes_from_folder_names(tmp_path):
+    task = resolve_task(write_tree(tmp_path / "mine"))
+    assert task.modalities == ("ct", "xray")
+    assert task.classes == CLASSES
+    assert task.descriptions is None
+    data = task.high_end_data(2, seed=1)
+    assert len(data.train) == 4 and len(data.val) == 2
+    assert all(r.path.parent.parent.name == "train" and r.path.parts[-4] == "ct" for r in data.train)
+    low = task.low_end_test()
+    assert len(low) == 4 and all(r.path.parent.parent.name == "test" for r in low)  # low-end val is never read
+    assert [r.class_name for r in low] == ["covid", "covid", "normal", "normal"]
+
+
+def test_folder_task_trains_and_benchmarks_end_to_end(model_dir, tmp_path, capsys):
+    root = write_tree(tmp_path / "mine")
+    descriptions = write_descriptions(tmp_path / "mine_descriptions.json")
+    out = tmp_path / "bench"
+    code = medot(
+        "benchmark", "kmat", "--task", str(root), "--descriptions", str(descriptions),
+        "--methods", "zeroshot,zeroshot_desc,coop,kmat", "--seeds", "1", *common(model_dir, out),
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    rows = {line.split("|")[0].strip() for line in printed.splitlines() if "±" in line and "|" in line}
+    assert rows == {"zeroshot", "zeroshot_desc", "coop", "kmat"}
+    document = json.loads((out / "kmat_benchmark.json").read_text())
+    model = load_checkpoint(next(r["model"] for r in document["runs"] if r["method"] == "kmat"))
+    assert model.meta["class_names"] == list(CLASSES)
+    assert model.meta["modalities"] == {"high": "ct", "low": "xray"}
+    assert model.meta["task"] == "mine"
+
+
+def test_methods_needing_descriptions_refuse_without_them_and_the_others_run(model_dir, tmp_path, capsys):
+    root = write_tree(tmp_path / "mine")
+    for method in ("kmat", "biomedcoop"):
+        with pytest.raises(MedotError, match="needs class descriptions") as error:
+            medot("train", "kmat", "--task", str(root), "--method", method, *common(model_dir, tmp_path / method))
+        message = str(error.value)
+        assert "--descriptions FILE" in message and '"modalities"' in message
+        assert str(Path("assets") / "descriptions" / "chest.json") in message
+        assert Path(message.split("example: ")[1].split(";")[0]).is_file()
+    with pytest.raises(MedotError, match="zeroshot_desc needs class descriptions"):
+        medot("benchmark", "kmat", "--task", str(root), "--methods", "zeroshot,zeroshot_desc", *common(model_dir, tmp_path / "b"))
+    code = medot(
+        "benchmark", "kmat", "--task", str(root), "--methods", "zeroshot,coop,cocoop,kgcoop", "--seeds", "1",
+        *common(model_dir, tmp_path / "ok"),
+    )
+    assert code == 0
+    assert "kgcoop" in capsys.readouterr().out
+
+
+def test_task_init_prints_counts_and_writes_a_task_json_that_reads_the_same_images(tmp_path, capsys):
+    root = write_tree(tmp_path / "mine", {("ct", "test", "normal"): 5})
+    descriptions = write_descriptions(root / "descriptions.json")
+    assert medot("task", "init", str(root), "--descriptions", str(descriptions), "--shots", "2") == 0
+    printed = capsys.readouterr().out
+    table = [line.split() for line in printed.splitlines()]
+    header = next(line for line in table if line and line[0] == "class")
+    assert header[1:] == ["ct/train", "ct/val", "ct/test", "xray/val", "(unused)", "xray/test"]
+    assert ["covid", "3", "1", "2", "1", "2"] in table
+    assert ["normal", "3", "1", "5", "1", "2"] in table
+    assert ["total", "6", "2", "7", "2", "4"] in table
+    written = json.loads((root / "task.json").read_text())
+    assert written["descriptions"] == "descriptions.json"
+    split = json.loads((root / "ct" / "split_ct.json").read_text())
+    assert split["train"][0][0] == "train/covid/ct_train_covid_0.png"  # relative to the modality's root
+    from_json, from_folder = resolve_task(root / "task.json"), resolve_task(root, descriptions=descriptions)
+    assert from_json.modalities == from_folder.modalities == ("ct", "xray")
+    for split_name in ("train", "val", "test"):
+        assert from_json._records(from_json.high, split_name) == from_folder._records(from_folder.high, split_name)
+    assert from_json.low_end_test() == from_folder.low_end_test()
+    with pytest.raises(MedotError, match="already exist"):
+        medot("task", "init", str(root), "--shots", "2")
+
+
+def test_task_init_without_descriptions_writes_modalities_and_classes(tmp_path, capsys):
+    root = write_tree(tmp_path / "mine")
+    assert medot("task", "init", str(root), "--shots", "2") == 0
+    assert "kmat, zeroshot_desc and biomedcoop will refuse" in capsys.readouterr().out
+    task = resolve_task(root / "task.json")
+    assert (task.modalities, task.classes, task.descriptions) == (("ct", "xray"), CLASSES, None)
+
+
+def test_a_class_missing_from_a_split_is_an_error_naming_class_modality_split_and_path(tmp_path):
+    root = write_tree(tmp_path / "mine")
+    shutil.rmtree(root / "ct" / "val" / "normal")
+    task = resolve_task(root)
+    with pytest.raises(TaskError) as error:
+        task.high_end_data(2, seed=1)
+    message = str(error.value)
+    assert "class 'normal' has no image in the ct val split" in message
+    assert str(root.resolve() / "ct" / "val") in message
+    (root / "xray" / "test" / "covid").rename(root / "xray" / "test" / ".hidden")
+    with pytest.raises(TaskError, match=r"class 'covid' has no image in the xray test split"):
+        task.low_end_test()
+    with pytest.raises(MedotError, match="nothing written") as error:
+        medot("task", "init", str(root), "--shots", "2")
+    assert "ct val" in str(error.value) and "xray test" in str(error.value)
+    assert not (root / "task.json").exists()
+
+
+def test_a_class_with_fewer_images_than_shots_says_how_many_it_has(tmp_path):
+    root = write_tree(tmp_path / "mine", {("ct", "train", "normal"): 1})
+    task = resolve_task(root)
+    with pytest.raises(DatasetLayoutError) as error:
+        task.high_end_data(2, seed=1)
+    message = str(error.value)
+    assert "class 'normal' has 1 image(s) in the ct train split" in message
+    assert str(root.resolve() / "ct" / "train") in message and "--shots 2" in message
+
+
+def test_task_json_with_more_classes_than_the_data_is_an_error(tmp_path):
+    """The `chest` route trained a 3-class model on 2-class data; now the missing class is named."""
+    root = write_tree(tmp_path / "mine")
+    write_descriptions(root / "three.json", classes=("covid", "normal", "pneumonia"))
+    (root / "task.json").write_text(json.dumps({
+        "name": "three", "descriptions": "three.json",
+        "high": {"root": "ct/train"},
+        "low": {"root": "xray/test"},
+    }))
+    task = resolve_task(root / "task.json")
+    assert len(task.classes) == 3
+    with pytest.raises(TaskError, match=r"class 'pneumonia' has no image in the xray test split"):
+        task.low_end_test()
+
+
+def test_errors_name_the_resolved_path_they_tried(tmp_path, monkeypatch):
+    root = write_tree(tmp_path / "mine")
+    (root / "task.json").write_text(json.dumps({
+        "name": "x", "descriptions": "descriptons.json", "high": {"root": "ct"}, "low": {"root": "xray"},
+    }))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MedotError) as error:
+        resolve_task(Path("mine") / "task.json")
+    assert str(root.resolve() / "descriptons.json") in str(error.value)
+    with pytest.raises(MedotError) as error:
+        resolve_task(Path("mine"), descriptions="typo.json")
+    assert os.path.abspath("typo.json") in str(error.value)
+    (root / "task.json").write_text(json.dumps({
+        "name": "x", "modalities": {"high": "ct", "low": "xray"}, "class_names": list(CLASSES),
+        "high": {"root": "ct", "split_file": "ct/split.json"}, "low": {"root": "xray"},
+    }))
+    with pytest.raises(TaskError, match=str(root.resolve() / "ct" / "split.json")):
+        resolve_task(Path("mine") / "task.json")
