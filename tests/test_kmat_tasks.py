@@ -212,3 +212,169 @@ def test_errors_name_the_resolved_path_they_tried(tmp_path, monkeypatch):
     }))
     with pytest.raises(TaskError, match=str(root.resolve() / "ct" / "split.json")):
         resolve_task(Path("mine") / "task.json")
+
+
+# --------------------------------------------------------------------------- the paper's protocol from one command
+def test_benchmark_grid_selects_lambdas_per_seed_on_validation_only(model_dir, tmp_path, capsys, monkeypatch):
+    import medot.methods.kmat.benchmark as benchmark_module
+    from medot.train import FeatureCache
+
+    root = write_tree(tmp_path / "mine")
+    descriptions = write_descriptions(tmp_path / "d.json")
+    task = resolve_task(root, descriptions=descriptions)
+    test_images = {r.path for r in (*task.high_end_test(), *task.low_end_test())}
+    val_images = {r.path for r in task.high_end_data(2, 1).val}
+    state = {"selecting": False}
+    seen_while_selecting: set[Path] = set()
+    encode, grid_search = FeatureCache.encode, benchmark_module.grid_search
+
+    def spy_encode(self, backbone, paths, **kwargs):
+        if state["selecting"]:
+            seen_while_selecting.update(Path(p) for p in paths)
+        return encode(self, backbone, paths, **kwargs)
+
+    def spy_grid(*args, **kwargs):
+        state["selecting"] = True
+        try:
+            return grid_search(*args, **kwargs)
+        finally:
+            state["selecting"] = False
+
+    monkeypatch.setattr(FeatureCache, "encode", spy_encode)
+    monkeypatch.setattr(benchmark_module, "grid_search", spy_grid)
+    out = tmp_path / "bench"
+    code = medot(
+        "benchmark", "kmat", "--task", str(root), "--descriptions", str(descriptions), "--methods", "kmat",
+        "--seeds", "1", "2", "--grid-anc", "0", "8", "--grid-fgw", "1", *common(model_dir, out),
+    )
+    assert code == 0
+    assert val_images <= seen_while_selecting and seen_while_selecting.isdisjoint(test_images)
+    document = json.loads((out / "kmat_benchmark.json").read_text())
+    assert document["settings"]["kmat_grid"]["lambda_anchor"] == [0.0, 8.0]
+    printed = capsys.readouterr().out
+    for run in document["runs"]:
+        selection = run["selection"]
+        points = selection["grid"]
+        assert [p["lambda_anchor"] for p in points] == [0.0, 8.0]
+        best = max(points, key=lambda p: (p["val_accuracy"], -p["val_cross_entropy"]))
+        assert (selection["lambda_anchor"], selection["lambda_transport"]) == (best["lambda_anchor"], 1.0)
+        assert load_checkpoint(run["model"]).meta["hyper_parameters"]["lambda_anchor"] == best["lambda_anchor"]
+        assert f"seed {run['seed']}: lambda_anc {best['lambda_anchor']:g}, lambda_fgw 1" in printed
+    assert "kmat lambdas chosen per seed on high-end validation accuracy" in printed
+
+
+def test_benchmark_prints_chance_runs_np_and_anchor_separation(model_dir, tmp_path, capsys):
+    import torch
+
+    from medot.backbones import create_backbone
+    from medot.methods.prompt_learning.knowledge import embed_descriptions
+
+    root = write_tree(tmp_path / "mine", {("ct", "test", "normal"): 6, ("xray", "test", "covid"): 3})
+    descriptions = write_descriptions(tmp_path / "d.json")
+    out = tmp_path / "bench"
+    code = medot(
+        "benchmark", "kmat", "--task", str(root), "--descriptions", str(descriptions),
+        "--methods", "zeroshot,coop", "--seeds", "1", "2", *common(model_dir, out),
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    document = json.loads((out / "kmat_benchmark.json").read_text())
+    # chance: 1/2 classes; majority class of ct test 6/8, of xray test 3/5
+    assert document["chance"] == pytest.approx({"uniform": 0.5, "majority_hi": 0.75, "majority_lo": 0.6})
+    assert "chance: 1/classes 50.0, majority class of the test split Hi 75.0 / Lo 60.0" in printed
+    run_lines = [line for line in printed.splitlines() if " seed " in line and ": accuracy Hi " in line]
+    assert len(run_lines) == 4  # one line per finished run (method x seed), even under --quiet
+    coop_seed2 = next(r for r in document["runs"] if r["method"] == "coop" and r["seed"] == 2)["metrics"]
+    assert f"coop seed 2: accuracy Hi {100 * coop_seed2['acc_hi']:.1f} Lo {100 * coop_seed2['acc_lo']:.1f}" in printed
+    assert "N_p = 3 descriptions per class and modality" in printed
+    # anchor separation against a hand computation from the description embeddings
+    backbone = create_backbone(f"local-dir:{model_dir}", "cpu")
+    task = resolve_task(root, descriptions=descriptions)
+    knowledge = embed_descriptions(backbone, task.descriptions, task.classes)
+    for index, modality in enumerate(("ct", "xray")):
+        anchors = [
+            torch.nn.functional.normalize(knowledge.rows(index, c).mean(0), dim=0) for c in range(len(CLASSES))
+        ]
+        expected = float(anchors[0] @ anchors[1])
+        entry = document["anchor_separation"][modality]
+        assert entry["max_off_diagonal"] == pytest.approx(expected, abs=1e-5)
+        assert sorted(entry["closest_pair"]) == list(CLASSES)
+        assert f"{modality}: closest classes" in printed and f"cosine {expected:.3f}" in printed
+
+
+def test_quiet_turns_off_the_hugging_face_progress_bars(model_dir, tmp_path, monkeypatch):
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    hf_logging.enable_progress_bar()
+    root = write_tree(tmp_path / "mine")
+    try:
+        medot("benchmark", "kmat", "--task", str(root), "--methods", "zeroshot", "--seeds", "1", *common(model_dir, tmp_path / "b"))
+        assert not hf_logging.is_progress_bar_enabled()
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    finally:
+        hf_logging.enable_progress_bar()
+    assert transformers.utils.logging.is_progress_bar_enabled()
+
+
+# --------------------------------------------------------------------------- signals
+@pytest.fixture
+def signal_protocol():
+    """Restore the signal handlers and clear medot's stop flag after a test that sends signals."""
+    import signal
+
+    from medot.jobs import protocol
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    protocol._stop_requested.clear()
+    yield
+    protocol._stop_requested.clear()
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def test_sigterm_during_a_grid_stops_after_one_step_with_exit_75_and_resumes(
+    model_dir, tmp_path, monkeypatch, capfd, signal_protocol
+):
+    import signal
+
+    from medot.jobs.protocol import EXIT_CANCELLED
+    from medot.train import engine
+
+    root = write_tree(tmp_path / "mine")
+    descriptions = write_descriptions(tmp_path / "d.json")
+    argv = ["train", "kmat", "--task", str(root), "--descriptions", str(descriptions), "--grid-anc", "0.5", "2",
+            "--grid-fgw", "1"]
+    steps = {"n": 0}
+    step = engine._Run._step
+
+    def step_then_sigterm(self, *args, **kwargs):
+        steps["n"] += 1
+        lr = step(self, *args, **kwargs)
+        if steps["n"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # the first signal: stop after the current step
+        return lr
+
+    monkeypatch.setattr(engine._Run, "_step", step_then_sigterm)
+    out = tmp_path / "grid"
+    assert medot(*argv, *common(model_dir, out)) == EXIT_CANCELLED
+    assert steps["n"] == 1
+    printed = capfd.readouterr()
+    assert "stopped in point lambda_anc 0.5, lambda_fgw 1 after 1 step(s)" in printed.out
+    assert "--resume" in printed.out and "SIGTERM received" in printed.err
+    point = out / "grid" / "anc0.5_fgw1"
+    state = load_checkpoint(point / "resume")
+    assert state.meta["trainer"]["progress"]["global_step"] == 1  # medot.checkpoint.TRAINING_STATE_KEY
+    assert not (out / "grid" / "anc2_fgw1").exists() and not (out / "model.json").exists()
+
+    monkeypatch.setattr(engine._Run, "_step", step)
+    from medot.jobs import protocol
+
+    protocol._stop_requested.clear()
+    assert medot(*argv, *common(model_dir, out), "--resume") == 0
+    assert medot(*argv, *common(model_dir, tmp_path / "fresh")) == 0
+    resumed, fresh = (json.loads((o / "grid.json").read_text()) for o in (out, tmp_path / "fresh"))
+    for a, b in zip(resumed["points"], fresh["points"], strict=True):
+        assert a["val_cross_entropy"] == pytest.approx(b["val_cross_entropy"], abs=1e-5)
+    assert resumed["chosen"]["lambda_anchor"] == fresh["chosen"]["lambda_anchor"]

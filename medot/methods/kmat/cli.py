@@ -47,9 +47,7 @@ def register(commands, train_methods, benchmark_methods) -> None:
     train.add_argument(
         "--seed", type=int, default=1, help="seed of the k-shot draw, views and initialisation (default: 1)"
     )
-    train.add_argument("--grid-anc", type=float, nargs="+", metavar="L", help="lambda_anc values to search (kmat)")
-    train.add_argument("--grid-fgw", type=float, nargs="+", metavar="L", help="lambda_fgw values to search (kmat)")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run (or lambda grid) from --out")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(run=_run_train)
     mark_distributed(train)
@@ -66,6 +64,9 @@ def register(commands, train_methods, benchmark_methods) -> None:
         "--methods", default=DEFAULT_BENCHMARK_METHODS, help=f"comma-separated (default: {DEFAULT_BENCHMARK_METHODS})"
     )
     benchmark.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default: 1 2 3)")
+    benchmark.add_argument(
+        "--resume", action="store_true", help="continue an interrupted benchmark from --out (finished runs are kept)"
+    )
     benchmark.set_defaults(run=_run_benchmark)
 
 
@@ -93,6 +94,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, help="validate on high-end val each epoch; keep the best, stop early")
     parser.add_argument("--lambda-anc", type=float, default=1.0, help="weight of L_anc (default: 1.0)")
     parser.add_argument("--lambda-fgw", type=float, default=1.0, help="weight of L_fgw (default: 1.0)")
+    parser.add_argument(
+        "--grid-anc", type=float, nargs="+", metavar="L",
+        help="lambda_anc values to search on high-end validation accuracy (kmat; per seed in a benchmark)",
+    )
+    parser.add_argument(
+        "--grid-fgw", type=float, nargs="+", metavar="L",
+        help="lambda_fgw values to search on high-end validation accuracy (kmat; per seed in a benchmark)",
+    )
     parser.add_argument("--no-csc", action="store_true", help="ablation: context shared by all classes")
     parser.add_argument("--no-msc", action="store_true", help="ablation: the same context for both modalities")
     parser.add_argument("--no-anc", action="store_true", help="ablation: drop the knowledge-anchor loss")
@@ -118,7 +127,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", help="backbone name (default: $MEDOT_BACKBONE or auto)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--out", help="output folder (default: under $MEDOT_HOME)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (a benchmark still prints one line per finished run)"
+    )
 
 
 def _configs(args: argparse.Namespace, seed: int):
@@ -169,6 +180,8 @@ def _setup(args: argparse.Namespace, methods):
     from medot.methods.prompt_learning.crossmodal import resolve_task
     from medot.train.distributed import main_process_first
 
+    if args.quiet:
+        _quiet_libraries()
     settings = Settings.from_env()
     with main_process_first("preparing the task's data"):  # 'synthetic' is written on first use
         task = resolve_task(args.task, settings, descriptions=args.descriptions)
@@ -177,6 +190,18 @@ def _setup(args: argparse.Namespace, methods):
     device = None if args.device == "auto" else args.device
     backbone = create_backbone(args.backbone or settings.backbone, device=device)
     return settings, task, backbone
+
+
+def _quiet_libraries() -> None:
+    """No Hugging Face progress bars (transformers' "Loading weights", hub downloads) under --quiet."""
+    import os
+    import sys
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers / huggingface_hub are imported
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -191,7 +216,15 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from medot.errors import MedotError
     from medot.jobs.protocol import EXIT_CANCELLED, event_sink_from_env, stop_requested_from_signals
-    from medot.methods.kmat.runner import TRAINED_METHODS, TrainingCancelled, finish_run, grid_search, run_method
+    from medot.methods.kmat.runner import (
+        TRAINED_METHODS,
+        TrainingCancelled,
+        chance_levels,
+        finish_run,
+        format_chance,
+        grid_search,
+        run_method,
+    )
     from medot.methods.prompt_learning.knowledge import embed_descriptions
     from medot.train import FeatureCache
     from medot.train.distributed import is_main_process
@@ -199,10 +232,8 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.method not in TRAINED_METHODS:
         raise MedotError(f"--method {args.method!r}: choose one of {', '.join(TRAINED_METHODS)}")
     grid = args.grid_anc is not None or args.grid_fgw is not None
-    if grid and (args.method != "kmat" or args.resume):
-        raise MedotError(
-            "--grid-anc/--grid-fgw search K-MaT's lambdas: use them with --method kmat and without --resume"
-        )
+    if grid and args.method != "kmat":
+        raise MedotError("--grid-anc/--grid-fgw search K-MaT's lambdas: use them with --method kmat")
     run, kmat, baselines = _configs(args, args.seed)
     main = is_main_process()  # under torchrun, only rank 0 prints and writes
     if not main:
@@ -228,6 +259,9 @@ def _run_train(args: argparse.Namespace) -> int:
                 lambdas_transport=args.grid_fgw or [kmat.lambda_transport],
                 out_dir=out,
                 cache=cache,
+                on_event=event_sink_from_env(),
+                should_stop=stop,
+                resume=args.resume,
             )
             summary["grid"] = {"points": [asdict(point) for point in points], "chosen": asdict(chosen)}
             result = finish_run("kmat", fitted, backbone, task, run, cache)
@@ -242,9 +276,10 @@ def _run_train(args: argparse.Namespace) -> int:
         return EXIT_CANCELLED
     if not main:
         return 0
+    chance = chance_levels(task)
     summary.update(
         method=result.method, task=task.name, backbone=backbone.name, shots=run.shots, seed=run.seed,
-        metrics=result.metrics, validation=result.validation, model=str(result.model_path),
+        metrics=result.metrics, validation=result.validation, model=str(result.model_path), chance=chance,
     )
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if args.json:
@@ -261,14 +296,18 @@ def _run_train(args: argparse.Namespace) -> int:
     high, low = task.modalities
     print(f"{result.method} on {task.name} ({high} -> {low}, {run.shots} shots, seed {run.seed}):")
     print(f"  {_format_metrics(result.metrics)}")
+    print(f"  {format_chance(chance)}")
+    if task.descriptions is not None:
+        print(f"  descriptions: {task.descriptions.describe_counts()}")
     print(f"  model: {result.model_path}")
     return 0
 
 
 def _run_benchmark(args: argparse.Namespace) -> int:
     from medot.errors import MedotError
-    from medot.methods.kmat.benchmark import format_table, run_benchmark, write_benchmark
-    from medot.methods.kmat.runner import METHODS
+    from medot.jobs.protocol import EXIT_CANCELLED, stop_requested_from_signals
+    from medot.methods.kmat.benchmark import format_run, format_table, run_benchmark, write_benchmark
+    from medot.methods.kmat.runner import METHODS, TrainingCancelled
 
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     unknown = [method for method in methods if method not in METHODS]
@@ -276,10 +315,22 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         raise MedotError(f"--methods {args.methods!r}: give distinct names from {', '.join(METHODS)}")
     if len(set(args.seeds)) != len(args.seeds):
         raise MedotError(f"--seeds {args.seeds}: give distinct seeds")
+    if (args.grid_anc is not None or args.grid_fgw is not None) and "kmat" not in methods:
+        raise MedotError("--grid-anc/--grid-fgw search K-MaT's lambdas: include kmat in --methods")
     run, kmat, baselines = _configs(args, args.seeds[0])
     settings, task, backbone = _setup(args, methods)
     out = Path(args.out) if args.out else settings.home / "benchmarks" / "kmat" / task.name
-    result = run_benchmark(backbone, task, methods, args.seeds, run, kmat=kmat, baselines=baselines, out_dir=out)
+    if task.descriptions is not None:
+        print(f"descriptions: {task.descriptions.describe_counts()}", flush=True)
+    try:
+        result = run_benchmark(
+            backbone, task, methods, args.seeds, run, kmat=kmat, baselines=baselines, out_dir=out,
+            grid_anchor=args.grid_anc, grid_transport=args.grid_fgw, should_stop=stop_requested_from_signals(),
+            resume=args.resume, on_run=lambda finished: print(format_run(finished), flush=True),
+        )
+    except TrainingCancelled as cancelled:
+        print(f"medot: {cancelled}; continue the benchmark with --resume")
+        return EXIT_CANCELLED
     csv_path, json_path = write_benchmark(result, out)
     print(format_table(result))
     print(f"wrote {csv_path} and {json_path}")

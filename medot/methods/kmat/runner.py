@@ -108,6 +108,8 @@ class MethodRun:
     metrics: dict[str, float]
     model_path: Path | None = None
     validation: dict[str, float] | None = None
+    selection: dict[str, Any] | None = None
+    """For a K-MaT run whose lambdas were searched: the chosen point and every grid point."""
 
 
 def build_task(
@@ -243,6 +245,23 @@ def transfer_metrics(high: tuple[Any, Any], low: tuple[Any, Any], n_classes: int
     }
 
 
+def chance_levels(task: CrossModalTask) -> dict[str, float]:
+    """What guessing scores on the test splits: ``uniform`` = 1 / classes, and the majority-class
+    rate of each test split (``majority_hi``, ``majority_lo``; label counts only, no image is read)."""
+    levels = {"uniform": 1.0 / len(task.classes)}
+    for key, records in (("majority_hi", task.high_end_test()), ("majority_lo", task.low_end_test())):
+        counts = torch.bincount(torch.tensor([record.label for record in records]), minlength=len(task.classes))
+        levels[key] = float(counts.max()) / max(1, len(records))
+    return levels
+
+
+def format_chance(levels: dict[str, float]) -> str:
+    return (
+        f"chance: 1/classes {100 * levels['uniform']:.1f}, majority class of the test split Hi "
+        f"{100 * levels['majority_hi']:.1f} / Lo {100 * levels['majority_lo']:.1f} (accuracy, percent)"
+    )
+
+
 def zero_shot_classifier(
     method: str, backbone: VisionLanguageBackbone, classes: Sequence[str], knowledge: DescriptionEmbeddings | None
 ) -> ZeroShotClassifier:
@@ -352,9 +371,17 @@ def grid_search(
     lambdas_transport: Sequence[float],
     out_dir: Path,
     cache: FeatureCache | None = None,
+    on_event: EventHandler | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
 ) -> tuple[Fitted, list[GridPoint], GridPoint]:
     """Train K-MaT for every ``(lambda_anchor, lambda_transport)`` pair on high-end data and pick the
     pair with the best high-end validation accuracy (ties: lower validation cross-entropy).
+
+    ``should_stop`` is polled before every step of every point: a stop request ends the current
+    point after its step, saves its resumable state and raises :class:`TrainingCancelled`; with
+    ``resume=True`` finished points are reloaded from their folders (not retrained) and the
+    interrupted one continues.
 
     Each point's run lives in ``out_dir/grid/anc<a>_fgw<b>``; the grid is written to
     ``out_dir/grid.json`` and the chosen model is copied to ``out_dir/model``. Returns the chosen
@@ -368,8 +395,17 @@ def grid_search(
             point_dir = out_dir / "grid" / f"anc{lambda_anchor:g}_fgw{lambda_transport:g}"
             fitted = fit_method(
                 "kmat", backbone, data, classes=classes, modalities=modalities, knowledge=knowledge,
-                run=run, kmat=config, out_dir=point_dir, cache=cache,
+                run=run, kmat=config, out_dir=point_dir, cache=cache, on_event=on_event, should_stop=should_stop,
+                resume=resume,
             )
+            if fitted.result.status == "cancelled":
+                raise TrainingCancelled(
+                    f"the lambda grid was stopped in point lambda_anc {lambda_anchor:g}, lambda_fgw "
+                    f"{lambda_transport:g} after {fitted.result.global_step} step(s) ({fitted.result.epochs_completed} "
+                    f"whole epoch(s)); its state is in "
+                    f"{fitted.result.resume_path}; run the same command with --resume to continue (finished points "
+                    "are kept)"
+                )
             model = fitted.result.model_path
             point = GridPoint(
                 lambda_anchor,
