@@ -378,3 +378,25 @@ def test_sigterm_during_a_grid_stops_after_one_step_with_exit_75_and_resumes(
     for a, b in zip(resumed["points"], fresh["points"], strict=True):
         assert a["val_cross_entropy"] == pytest.approx(b["val_cross_entropy"], abs=1e-5)
     assert resumed["chosen"]["lambda_anchor"] == fresh["chosen"]["lambda_anchor"]
+
+
+def test_every_kmat_job_argument_is_a_flag_of_train_kmat(tmp_path):
+    """The app's training jobs reach the new options (descriptions, the baselines' weights)."""
+    import argparse
+
+    from medot.jobs.arguments import METHOD_ARGUMENTS, cli_flags, validate_arguments
+    from medot.methods.kmat.cli import register
+
+    root = write_tree(tmp_path / "mine")
+    descriptions = write_descriptions(tmp_path / "d.json")
+    arguments = {
+        "dataset": str(root), "descriptions": str(descriptions), "method": "kgcoop", "kgcoop_lambda": 4.0,
+        "biomedcoop_lambda1": 0.5, "biomedcoop_lambda2": 2.0, "biomedcoop_tau": 1.0, "cocoop_width": 8,
+    }
+    checked = validate_arguments("kmat", arguments, tmp_path, METHOD_ARGUMENTS)
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command")
+    register(commands, commands.add_parser("train").add_subparsers(dest="m"), commands.add_parser("b").add_subparsers())
+    args = parser.parse_args(["train", "kmat", *cli_flags(checked)])
+    assert (args.task, args.descriptions) == (str(root.resolve()), str(descriptions.resolve()))
+    assert (args.kgcoop_lambda, args.biomedcoop_lambda1, args.biomedcoop_tau, args.cocoop_width) == (4.0, 0.5, 1.0, 8)
