@@ -153,6 +153,21 @@ def test_kgcoop_term_is_the_authors_mean_one_minus_cosine(backbone):
     assert float(terms["kg"]) == pytest.approx(squared / 2, abs=1e-6)
 
 
+def test_kgcoop_reference_is_the_prompt_learner_at_the_template_context(backbone):
+    """KgCoOp pulls w_i toward w_i^clip: with the context set to "a photo of a" the learner must
+    reproduce that reference exactly (same space, same orientation), so L_kg is 0 there."""
+    prompts = PromptLearner(backbone, CLASSES)
+    ids, _ = backbone.tokenize(["a photo of a"])
+    with torch.no_grad():
+        prompts.context.copy_(backbone.token_embedding(ids[0, 1:5]).float()[None, None])
+        w = prompts(HIGH)
+    reference = template_embeddings(backbone, CLASSES)
+    assert torch.allclose(F.normalize(w, dim=-1), reference, atol=1e-5)
+    task = KgCoOpTask(prompts, reference, 8.0, modalities=MODALITIES, hyper_parameters={})
+    terms = task.training_step((torch.randn(3, backbone.embed_dim), torch.tensor([0, 1, 2])))
+    assert float(terms["kg"]) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_biomedcoop_terms_match_hand_computation(backbone, knowledge):
     torch.manual_seed(0)
     prompts = PromptLearner(backbone, CLASSES)
