@@ -400,3 +400,21 @@ def test_every_kmat_job_argument_is_a_flag_of_train_kmat(tmp_path):
     args = parser.parse_args(["train", "kmat", *cli_flags(checked)])
     assert (args.task, args.descriptions) == (str(root.resolve()), str(descriptions.resolve()))
     assert (args.kgcoop_lambda, args.biomedcoop_lambda1, args.biomedcoop_tau, args.cocoop_width) == (4.0, 0.5, 1.0, 8)
+
+
+def test_the_chest_paper_task_on_two_class_data_names_the_missing_class(tmp_path, monkeypatch):
+    """The issue's case: CC-CCII-style CT folders and an X-ray set with only two of the three classes."""
+    data = tmp_path / "data" / "kmat" / "chest"
+    write_tree(tmp_path / "tree")  # ct/{train,val,test}/{covid,normal}, xray/{val,test}/{covid,normal}
+    shutil.copytree(tmp_path / "tree" / "ct", data / "ct")
+    split = {s: [[f"{s}/{c}/{p.name}", i, c] for i, c in enumerate(CLASSES) for p in sorted((data / "ct" / s / c).iterdir())]
+             for s in ("train", "val", "test")}
+    (data / "ct" / "split_ct.json").write_text(json.dumps(split))
+    shutil.copytree(tmp_path / "tree" / "xray" / "test", data / "xray")
+    monkeypatch.setenv("MEDOT_DATA_ROOT", str(tmp_path / "data"))
+    task = resolve_task("chest")
+    assert task.classes == ("covid19", "normal", "pneumonia")
+    with pytest.raises(TaskError, match=r"class 'pneumonia' has no image in the ct train split \(.*split_ct\.json\)"):
+        task.high_end_data(2, seed=1)
+    with pytest.raises(TaskError, match=r"class 'pneumonia' has no image in the xray test split"):
+        task.low_end_test()
