@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +62,24 @@ METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
         "epsilon": Argument("float", 1e-4, 10.0),
     },
 }
+
+
+def capped_arguments(
+    methods: Mapping[str, Mapping[str, Argument]] | None = None, **maxima: float
+) -> dict[str, dict[str, Argument]]:
+    """``methods`` (default :data:`METHOD_ARGUMENTS`) with the numeric arguments named in ``maxima``
+    capped there (``capped_arguments(epochs=200, shots=32)``): a deployment's budget, never above
+    the command's own maximum."""
+    methods = METHOD_ARGUMENTS if methods is None else methods
+    capped = {}
+    for method, accepted in methods.items():
+        capped[method] = dict(accepted)
+        for name, cap in maxima.items():
+            argument = accepted.get(name)
+            if argument is not None and argument.kind in ("int", "float"):
+                top = cap if argument.maximum is None else min(cap, argument.maximum)
+                capped[method][name] = replace(argument, maximum=top)
+    return capped
 
 
 def validate_arguments(

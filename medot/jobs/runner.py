@@ -67,7 +67,8 @@ class _Outcome(NamedTuple):
 
 class JobManager:
     """Submits, watches, cancels and resumes training jobs of the registry ``home/jobs.sqlite3``
-    (job directories under ``home/jobs``); user paths must lie under ``data_root``.
+    (job directories under ``home/jobs``); user paths must lie under ``data_root``; at most
+    ``max_active`` jobs may be queued or running at once (None: no limit).
 
     Safe to share between threads; several managers (processes) may use one registry. Creating one
     reconciles the registry at once (jobs left running by a previous app become interrupted once
@@ -83,6 +84,7 @@ class JobManager:
         command_for: CommandBuilder = medot_train_command,
         methods: Mapping[str, Mapping[str, Argument]] = METHOD_ARGUMENTS,
         cancel_grace_s: float = 15.0,
+        max_active: int | None = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
@@ -93,6 +95,7 @@ class JobManager:
         self.command_for = command_for
         self.methods = methods
         self.cancel_grace_s = cancel_grace_s
+        self.max_active = max_active
         self.registry = JobRegistry(self.home / REGISTRY_FILE)
         self._lock = threading.RLock()
         self._children: dict[int, tuple[int, subprocess.Popen]] = {}  # job id -> (attempt, its process)
@@ -103,7 +106,7 @@ class JobManager:
         """Queue a ``method`` training job with ``args`` (checked by
         :func:`~medot.jobs.arguments.validate_arguments`) and start it if a slot is free."""
         arguments = validate_arguments(method, args, self.data_root, self.methods)
-        job_id = self.registry.create(method, arguments, self.jobs_dir).id
+        job_id = self.registry.create(method, arguments, self.jobs_dir, max_active=self.max_active).id
         self.refresh()
         return job_id
 
