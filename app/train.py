@@ -19,6 +19,7 @@ from app.models import model_roots
 from medot.checkpoint import list_checkpoints
 from medot.config import Settings
 from medot.jobs import SYNTHETIC, JobError, JobManager, JobRecord
+from medot.jobs.arguments import KMAT_PAPER_TASKS
 
 POLL_SECONDS = 2.0
 JOB_COLUMNS = ["job", "method", "status", "epoch", "loss", "dataset", "created", "model / error"]
@@ -30,9 +31,14 @@ def trainable_methods(manager: JobManager) -> list[str]:
     return [m for m in manager.methods if importlib.util.find_spec(f"medot.methods.{m}") is not None]
 
 
-def dataset_choices(settings: Settings) -> list[str]:
-    """The synthetic demo set, then the folders under the data root (two levels deep)."""
+def dataset_choices(settings: Settings, method: str | None = None) -> list[str]:
+    """What a ``method`` job can train on: the synthetic demo set, then for K-MaT the paper tasks and
+    the task JSON files under the data root (two levels deep), for the others the folders there."""
     root = settings.data_root
+    if method == "kmat":
+        files = sorted(str(p.relative_to(root)) for p in [*root.glob("*.json"), *root.glob("*/*.json")]
+                       if p.is_file()) if root.is_dir() else []
+        return [SYNTHETIC, *KMAT_PAPER_TASKS, *files]
     folders = sorted(str(p.relative_to(root)) for p in [*root.glob("*/"), *root.glob("*/*/")] if p.is_dir()) if root.is_dir() else []
     return [SYNTHETIC, *folders]
 
@@ -166,7 +172,8 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
     with gr.Row():
         with gr.Column():
             method = gr.Dropdown(methods, value=methods[0] if methods else None, label="Method")
-            dataset = gr.Dropdown(dataset_choices(settings), value=SYNTHETIC, label="Dataset", allow_custom_value=False)
+            dataset = gr.Dropdown(dataset_choices(settings, methods[0] if methods else None), value=SYNTHETIC,
+                                  label="Dataset", allow_custom_value=True)  # the job manager checks every value
             typed_path = gr.Textbox(label="…or a folder path under the data root", placeholder=str(settings.data_root))
             with gr.Row():
                 shots = gr.Number(4, label="Shots per class", precision=0, minimum=1)
@@ -217,6 +224,8 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
         outputs=[launched],
         api_name="submit_job",
     )
+    method.change(lambda m: gr.update(choices=dataset_choices(settings, m), value=SYNTHETIC), inputs=[method],
+                  outputs=[dataset], api_name=False)
     cancel.click(lambda j: stop_job(manager, j), inputs=[job], outputs=[launched], api_name="cancel_job")
     resume.click(lambda j: resume_job(manager, j), inputs=[job], outputs=[launched], api_name="resume_job")
     refresh.click(lambda: job_rows(manager), outputs=[jobs], api_name="jobs")

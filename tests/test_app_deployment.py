@@ -10,6 +10,7 @@ the rest call the app's functions in-process."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import socket
@@ -341,3 +342,135 @@ def test_job_limits_per_session_and_per_deployment(tmp_path):
     for job in manager.list_jobs():
         if job.status in ("queued", "running"):
             manager.cancel(job.id)
+
+
+# --------------------------------------------------------------------------- data root and datasets
+
+
+def _sleeper(method, arguments, out_dir, resume):  # a job command that waits until cancelled
+    return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def _cancel_all(manager) -> None:
+    for job in manager.list_jobs():
+        if job.status in ("queued", "running"):
+            manager.cancel(job.id)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """A data root with the synthetic benchmark (K-MaT pair, MVTec phantom), a folder outside it."""
+    from medot.data.synthetic import write_synthetic_benchmark
+
+    base = tmp_path_factory.mktemp("confine")
+    root, outside = base / "root", base / "outside"
+    write_synthetic_benchmark(root / "bench", size=32, n_per_class=4, progress=False)
+    write_synthetic_benchmark(outside, size=32, n_per_class=4, progress=False)
+    return root, outside
+
+
+def _task_file(path: Path, high: str, low: str, descriptions: str = "synthetic") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": "t", "descriptions": descriptions,
+                                "high": {"root": high, "split_file": f"{high}/split_ct.json"},
+                                "low": {"root": low}}))
+    return path
+
+
+def test_a_task_file_inside_the_data_root_may_name_only_paths_inside_it(data_root, tmp_path):
+    from medot.config import Settings
+    from medot.methods.prompt_learning.crossmodal import TaskError, resolve_task
+
+    root, outside = data_root
+    settings = Settings(home=tmp_path, data_root=root, backbone="lite")
+    good = _task_file(root / "tasks" / "good.json", "../bench/kmat/ct", "../bench/kmat/xray")
+    assert resolve_task(good, settings).high.root == (root / "bench" / "kmat" / "ct").resolve()
+    escapes = {
+        "dotdot.json": ("../../outside/kmat/ct", "../bench/kmat/xray"),
+        "absolute.json": (str(outside / "kmat" / "ct"), "../bench/kmat/xray"),
+        "low.json": ("../bench/kmat/ct", str(outside / "kmat" / "xray")),
+    }
+    (root / "tasks" / "link").symlink_to(outside / "kmat", target_is_directory=True)
+    escapes["symlink.json"] = ("link/ct", "../bench/kmat/xray")
+    for name, (high, low) in escapes.items():
+        task = _task_file(root / "tasks" / name, high, low)
+        with pytest.raises(TaskError, match="outside the data root"):
+            resolve_task(task, settings)
+    descriptions = _task_file(root / "tasks" / "desc.json", "../bench/kmat/ct", "../bench/kmat/xray",
+                              descriptions=str(outside / "descriptions.json"))
+    with pytest.raises(TaskError, match="'descriptions' names .* outside the data root"):
+        resolve_task(descriptions, settings)
+    # a task file the CLI user keeps outside the data root is theirs to point anywhere
+    mine = _task_file(outside / "mine.json", "kmat/ct", "kmat/xray")
+    assert resolve_task(mine, settings).high.root == outside / "kmat" / "ct"
+
+
+def test_a_job_dataset_is_checked_before_it_is_queued(data_root, tmp_path):
+    from medot.jobs import JobError, JobManager
+
+    root, outside = data_root
+    manager = JobManager(tmp_path, root, command_for=_sleeper, cancel_grace_s=2)
+    refused = {
+        ("kmat", "bench/kmat/ct"): "K-MaT trains on a cross-modal task, not on one folder",
+        ("kmat", "chest"): "the 'chest' task needs its data under",
+        ("kmat", "tasks/dotdot.json"): "outside the data root",
+        ("pradot", "bench"): "does not follow a known dataset layout",
+        ("pradot", "bench/kmat/ct"): "is a class-folder dataset; PRADOT needs an anomaly-detection layout",
+        ("pradot", "multi"): "holds 2 mvtec classes (a, b); a PRADOT job trains on one",
+    }
+    _task_file(root / "tasks" / "dotdot.json", "../../outside/kmat/ct", "../bench/kmat/xray")
+    (root / "multi").mkdir(exist_ok=True)
+    for name in ("a", "b"):
+        if not (root / "multi" / name).exists():
+            (root / "multi" / name).symlink_to(root / "bench" / "mvtec" / "phantom", target_is_directory=True)
+    try:
+        for (method, dataset), reason in refused.items():
+            with pytest.raises(JobError, match=re.escape(reason)):
+                manager.submit(method, {"dataset": dataset, "epochs": 1})
+        assert manager.list_jobs() == []  # nothing was queued
+        for kind in ("ct", "xray"):
+            (root / "kmat" / "chest" / kind).mkdir(parents=True, exist_ok=True)
+        _task_file(root / "tasks" / "ok.json", "../bench/kmat/ct", "../bench/kmat/xray")
+        accepted = [manager.submit("kmat", {"dataset": "chest", "epochs": 1}),
+                    manager.submit("kmat", {"dataset": "tasks/ok.json", "epochs": 1}),
+                    manager.submit("pradot", {"dataset": "bench/mvtec", "epochs": 1}),
+                    manager.submit("pradot", {"dataset": "synthetic", "epochs": 1})]
+        assert [manager.get(job).arguments["dataset"] for job in accepted] == [
+            "chest", str((root / "tasks" / "ok.json").resolve()), str((root / "bench" / "mvtec").resolve()),
+            "synthetic"]
+    finally:
+        _cancel_all(manager)
+
+
+def test_the_dataset_list_follows_the_method(data_root, tmp_path):
+    from app.train import dataset_choices
+    from medot.config import Settings
+    from medot.methods.prompt_learning.crossmodal import PAPER_TASKS
+
+    root, _ = data_root
+    _task_file(root / "tasks" / "listed.json", "../bench/kmat/ct", "../bench/kmat/xray")
+    settings = Settings(home=tmp_path, data_root=root, backbone="lite")
+    kmat = dataset_choices(settings, "kmat")
+    assert kmat[0] == "synthetic" and set(PAPER_TASKS) <= set(kmat) and "tasks/listed.json" in kmat
+    assert "bench/mvtec" in dataset_choices(settings, "pradot")
+
+
+def test_a_failed_job_shows_the_reason_its_command_gave(tmp_path):
+    from app.train import job_rows
+    from medot.jobs import JobManager
+
+    def failing(method, arguments, out_dir, resume):
+        script = "import sys; print('loading'); print('medot: error: no class folders with images in /data/x', " \
+                 "file=sys.stderr); sys.exit(2)"
+        return [sys.executable, "-c", script]
+
+    manager = JobManager(tmp_path, tmp_path, command_for=failing)
+    job = manager.submit("pradot", {"dataset": "synthetic", "epochs": 1})
+    deadline = time.monotonic() + 30
+    while manager.get(job).status in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    record = manager.get(job)
+    assert record.status == "failed"
+    first_line = record.error.splitlines()[0]
+    assert first_line.startswith("no class folders with images in /data/x (the training command exited with status 2)")
+    assert job_rows(manager)[0][7] == first_line

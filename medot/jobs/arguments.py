@@ -21,13 +21,17 @@ from medot.config import confine_path
 from medot.jobs.registry import JobError
 
 SYNTHETIC = "synthetic"
+#: K-MaT's paper tasks, named datasets of ``medot train kmat`` (the keys of
+#: :data:`medot.methods.prompt_learning.crossmodal.PAPER_TASKS`; spelt out to keep torch out of here)
+KMAT_PAPER_TASKS = ("skin_midas", "skin_derm7pt", "breast", "chest")
 
 
 @dataclass(frozen=True)
 class Argument:
     """One accepted argument. ``kind``: "int"/"float" (within [``minimum``, ``maximum``]),
     "choice" (one of ``choices``), "flag" (a bool; True passes ``--name``), "path" (inside the data
-    root) or "dataset" (a path inside the data root, or :data:`SYNTHETIC`)."""
+    root) or "dataset" (a path inside the data root, :data:`SYNTHETIC`, or one of ``choices``:
+    named datasets such as K-MaT's paper tasks)."""
 
     kind: Literal["int", "float", "choice", "flag", "path", "dataset"]
     minimum: float | None = None
@@ -49,6 +53,7 @@ TRAIN_ARGUMENTS: dict[str, Argument] = {
 METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
     "kmat": {
         **TRAIN_ARGUMENTS,
+        "dataset": Argument("dataset", choices=KMAT_PAPER_TASKS),
         "method": Argument("choice", choices=("kmat", "coop", "cocoop", "kgcoop", "biomedcoop")),
         "shots": Argument("int", 1, 1024),
         "lr": Argument("float", 1e-8, 10.0),
@@ -128,7 +133,7 @@ def _check(name: str, value: Any, argument: Argument, data_root: Path) -> Any:
         if value not in argument.choices:
             raise JobError(f"{name} must be one of {', '.join(argument.choices)}, got {value!r}")
         return value
-    if argument.kind == "dataset" and value == SYNTHETIC:
+    if argument.kind == "dataset" and (value == SYNTHETIC or value in argument.choices):
         return value
     path = confine_path(value, data_root)
     if not path.exists():

@@ -8,7 +8,8 @@ cannot take the app down. Its exit decides its status:
 * stopped by :meth:`JobManager.cancel` -> cancelled (its resumable state stays);
 * exited 0 having written ``model.safetensors`` -> done (``checkpoint_path`` = that file);
 * stopped by a signal from outside (exit 75 or 130, or killed by one) -> interrupted;
-* any other exit status -> failed (``error`` = the end of its log).
+* any other exit status -> failed (``error`` = the reason its log gives on the first line, then
+  the end of its log).
 
 A job whose process is no child of this app - the app restarted - is left running while its
 process (checked by pid *and* start token, :mod:`medot.jobs.processes`) lives, and once it is gone
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from medot.jobs.arguments import METHOD_ARGUMENTS, Argument, cli_flags, validate_arguments
+from medot.jobs.datasets import check_job_dataset
 from medot.jobs.processes import job_process_state, process_token, signal_job_process
 from medot.jobs.protocol import EVENTS_FILE_ENV, EXIT_CANCELLED, MODEL_FILE, read_event_records, read_events
 from medot.jobs.registry import REGISTRY_FILE, JobError, JobRecord, JobRegistry, JobStatus
@@ -104,8 +106,10 @@ class JobManager:
     # ------------------------------------------------------------------ requests
     def submit(self, method: str, args: Mapping[str, Any]) -> int:
         """Queue a ``method`` training job with ``args`` (checked by
-        :func:`~medot.jobs.arguments.validate_arguments`) and start it if a slot is free."""
+        :func:`~medot.jobs.arguments.validate_arguments`, its dataset by
+        :func:`~medot.jobs.datasets.check_job_dataset`) and start it if a slot is free."""
         arguments = validate_arguments(method, args, self.data_root, self.methods)
+        check_job_dataset(method, arguments.get("dataset"), self.home, self.data_root)
         job_id = self.registry.create(method, arguments, self.jobs_dir, max_active=self.max_active).id
         self.refresh()
         return job_id
@@ -207,7 +211,9 @@ class JobManager:
         if code in (EXIT_CANCELLED, EXIT_KEYBOARD_INTERRUPT):
             return _Outcome("interrupted", f"stopped by a signal from outside (exit status {code}); resume to continue")
         tail = self.log_tail(record.id)
-        return _Outcome("failed", f"the training command exited with status {code}; its log ends:\n{tail}")
+        return _Outcome(
+            "failed", f"{_reason(tail)} (the training command exited with status {code}); its log ends:\n{tail}"
+        )
 
     def _judge_by_events(self, record: JobRecord) -> _Outcome:
         events = read_event_records(record.events_path)
@@ -322,6 +328,16 @@ def _tail(path: Path, n: int) -> str:
         if redraws:
             shown.append(redraws[-1])
     return "\n".join(shown[max(0, len(shown) - n) :])
+
+
+def _reason(log_tail: str) -> str:
+    """The line of a failed command's log that says why: its last ``medot: error:`` line (what the
+    CLI prints for a user error), else the last line of a traceback, else the last line."""
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("medot: error:"):
+            return line.removeprefix("medot: error:").strip()
+    return lines[-1] if lines else "no output"
 
 
 def _signal_name(number: int) -> str:

@@ -14,7 +14,8 @@ A task is resolved from a name or a path (:func:`resolve_task`):
        "low":  {"root": "cxr"},                      # no split file: every image is a test image
        "class_names": ["covid19", "normal", "pneumonia"]}   # optional; default: all described classes
 
-  relative paths are taken from the JSON file's folder.
+  relative paths are taken from the JSON file's folder. A task file inside the data root may name
+  only paths inside it (resolved like a typed path, :func:`medot.config.confine_path`).
 
 Dataset class folders are matched to description classes through the description set's names and
 aliases (:meth:`DescriptionSet.resolve_class`); labels are re-indexed to the task's class order,
@@ -33,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medot.config import Settings
+from medot.config import Settings, confine_path
 from medot.data.datasets import IMAGE_EXTENSIONS, ImageRecord, load_class_folder_dataset
 from medot.data.descriptions import DescriptionSet, load_descriptions
 from medot.data.sampling import sample_k_shot
-from medot.errors import DatasetLayoutError, MedotError
+from medot.errors import DatasetLayoutError, MedotError, PathNotAllowedError
 
 SYNTHETIC = "synthetic"
 TASK_FILE_KEYS = ("name", "descriptions", "high", "low", "class_names")
@@ -180,7 +181,9 @@ def resolve_task(name_or_path: str | os.PathLike[str], settings: Settings | None
         return paper_task(text, settings.data_root)
     path = Path(text).expanduser()
     if path.is_file():
-        return read_task_file(path)
+        root = Path(settings.data_root).expanduser().resolve()
+        inside = root in path.resolve().parents
+        return read_task_file(path, confine_to=root if inside else None)
     raise TaskError(
         f"no task named {text!r} and no task file at {path}: use 'synthetic', one of "
         f"{', '.join(PAPER_TASKS)}, or the path of a task JSON file (docs/methods/kmat.md)"
@@ -224,8 +227,9 @@ def paper_task(name: str, data_root: Path) -> CrossModalTask:
     return CrossModalTask(name, descriptions, descriptions.classes, modality_data(paper.high), modality_data(paper.low))
 
 
-def read_task_file(path: Path) -> CrossModalTask:
-    """Parse a task JSON file (see the module docstring); relative paths start at its folder."""
+def read_task_file(path: Path, confine_to: Path | None = None) -> CrossModalTask:
+    """Parse a task JSON file (see the module docstring); relative paths start at its folder and,
+    with ``confine_to``, must lie inside that folder once symlinks and ``..`` are resolved."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -239,6 +243,8 @@ def read_task_file(path: Path) -> CrossModalTask:
     base = path.parent
     descriptions_ref = _string(data["descriptions"], "descriptions", path)
     as_path = base / descriptions_ref
+    if as_path.suffix == ".json":
+        as_path = _confined(as_path, "descriptions", path, confine_to)
     descriptions = load_descriptions(as_path if as_path.suffix == ".json" and as_path.is_file() else descriptions_ref)
     classes = descriptions.classes
     if "class_names" in data:
@@ -252,9 +258,18 @@ def read_task_file(path: Path) -> CrossModalTask:
         name=_string(data["name"], "name", path),
         descriptions=descriptions,
         classes=classes,
-        high=_modality_data(data["high"], "high", base, path),
-        low=_modality_data(data["low"], "low", base, path),
+        high=_modality_data(data["high"], "high", base, path, confine_to),
+        low=_modality_data(data["low"], "low", base, path, confine_to),
     )
+
+
+def _confined(named: Path, key: str, path: Path, root: Path | None) -> Path:
+    if root is None:
+        return named
+    try:
+        return confine_path(named, root)
+    except PathNotAllowedError as error:
+        raise TaskError(f"task file {path}: {key!r} names {named}, which is not allowed: {error}") from None
 
 
 def _string(value: Any, key: str, path: Path) -> str:
@@ -263,11 +278,14 @@ def _string(value: Any, key: str, path: Path) -> str:
     return value.strip()
 
 
-def _modality_data(value: Any, key: str, base: Path, path: Path) -> ModalityData:
+def _modality_data(value: Any, key: str, base: Path, path: Path, confine_to: Path | None = None) -> ModalityData:
     if not isinstance(value, dict) or "root" not in value or set(value) - {"root", "split_file"}:
         raise TaskError(f"task file {path}: {key!r} must be an object {{'root': ..., 'split_file': ... (optional)}}")
-    root = base / _string(value["root"], f"{key}.root", path)
+    root = _confined(base / _string(value["root"], f"{key}.root", path), f"{key}.root", path, confine_to)
     if not root.is_dir():
         raise TaskError(f"task file {path}: the {key}-end dataset folder {root} does not exist")
     split = value.get("split_file")
-    return ModalityData(root, None if split is None else base / _string(split, f"{key}.split_file", path))
+    if split is None:
+        return ModalityData(root, None)
+    split_key = f"{key}.split_file"
+    return ModalityData(root, _confined(base / _string(split, split_key, path), split_key, path, confine_to))
