@@ -95,45 +95,75 @@ def _add_data_options(parser: argparse.ArgumentParser, *, several: bool) -> None
 
 def _add_pradot_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--preset", choices=("auto", "paper", "cpu"), default="auto",
+        help="settings the options below start from: 'paper' (the authors' sizes: the backbone's two shallowest "
+        "default layers, 16 prototypes per cell, batches of 64 images, 50 epochs), 'cpu' (the coarser of those "
+        "layers, 4 prototypes per cell, OT batches of at most 2^21 plan entries, 10 epochs: minutes on a laptop "
+        "CPU), 'auto' (paper with a CUDA GPU, else cpu; the default). Options given explicitly override it",
+    )
+    parser.add_argument(
         "--layers", nargs="+", default=None,
-        help="backbone layers, one ensemble member per (layer, alpha) (default: the backbone's two shallowest "
-        "default layers; lite: stride8 stride16)",
+        help="backbone layers, one ensemble member per (layer, alpha) (default: from --preset; paper on lite: "
+        "stride8 stride16, cpu on lite: stride16)",
     )
     parser.add_argument("--alpha", dest="alphas", type=float, nargs="+", default=[0.0, 0.3],
                         help="structure weights alpha in [0, 1] (default: 0 0.3)")
-    parser.add_argument("--n-prototypes", type=int, default=16, help="prototypes per grid location (default: 16)")
-    parser.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per OT batch (default: 64)")
-    parser.add_argument("--epsilon", type=float, default=0.01, help="entropic regularisation (default: 0.01)")
-    parser.add_argument("--sinkhorn-iterations", type=int, default=100, help="Sinkhorn iterations (default: 100)")
-    parser.add_argument("--ema", type=float, default=0.95, help="EMA momentum of the prototypes (default: 0.95)")
+    parser.add_argument("--n-prototypes", type=int, default=None,
+                        help="prototypes per grid location (default: paper 16, cpu 4)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: paper 50, cpu 10)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="most images per OT batch (default: 64; --plan-budget may lower it)")
+    parser.add_argument(
+        "--plan-budget", type=int, default=None,
+        help="most OT plan entries (images x grid cells x prototypes) per training step; bounds memory and "
+        "gives more EMA steps per epoch (default: paper none, cpu 2097152 = 8 MiB of float32)",
+    )
+    parser.add_argument(
+        "--init", choices=("data", "uniform"), default=None,
+        help="prototype start: 'data' (training features at each prototype's cell; default) or 'uniform' "
+        "(the authors' U[0,1) noise, needs many more steps)",
+    )
+    parser.add_argument("--epsilon", type=float, default=None, help="entropic regularisation (default: 0.01)")
+    parser.add_argument("--sinkhorn-iterations", type=int, default=None,
+                        help="most Sinkhorn iterations per training step (default: 100)")
+    parser.add_argument(
+        "--sinkhorn-tol", type=float, default=None,
+        help="stop a training step's Sinkhorn once the prototype marginal's L1 error is below this "
+        "(default: 0.01; 0 runs every iteration, as the authors)",
+    )
+    parser.add_argument("--no-warm-start", dest="warm_start", action="store_const", const=False, default=None,
+                        help="start every Sinkhorn solve cold (default: from the previous step's potentials)")
+    parser.add_argument("--ema", type=float, default=None, help="EMA momentum of the prototypes (default: 0.95)")
     parser.add_argument("--update-positions", action="store_true", help="let prototype positions follow an EMA too")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
-def _config(args: argparse.Namespace, backbone: Any):
-    from medot.methods.pradot.config import PradotConfig
+def _config(args: argparse.Namespace, backbone: Any, device: str = "cpu"):
+    """The :class:`PradotConfig` of ``--preset`` (``auto``: ``paper`` on a CUDA ``device``, else ``cpu``)
+    with the explicitly given options on top; prints which preset applies and why."""
+    from medot.errors import MedotError
+    from medot.methods.pradot.config import PradotConfig, resolve_preset
 
-    layers = tuple(args.layers) if args.layers else tuple(backbone.default_layers[:2])
-    unknown = [layer for layer in layers if layer not in backbone.feature_layers]
+    cuda = str(device).startswith("cuda")
+    preset = resolve_preset(args.preset, cuda)
+    layers = tuple(args.layers) if args.layers else None
+    config = PradotConfig.preset(
+        args.preset, tuple(backbone.default_layers), cuda=cuda,
+        layers=layers, alphas=tuple(args.alphas), n_prototypes=args.n_prototypes, epsilon=args.epsilon,
+        sinkhorn_iterations=args.sinkhorn_iterations, sinkhorn_tol=args.sinkhorn_tol, warm_start=args.warm_start,
+        ema=args.ema, update_positions=args.update_positions, epochs=args.epochs, batch_size=args.batch_size,
+        plan_budget=args.plan_budget, init=args.init, seed=args.seed,
+    )
+    unknown = [layer for layer in config.layers if layer not in backbone.feature_layers]
     if unknown:
-        from medot.errors import MedotError
-
         raise MedotError(
             f"backbone {backbone.name} has no layer(s) {unknown}; choose from {list(backbone.feature_layers)}"
         )
-    return PradotConfig(
-        layers=layers,
-        alphas=tuple(args.alphas),
-        n_prototypes=args.n_prototypes,
-        epsilon=args.epsilon,
-        sinkhorn_iterations=args.sinkhorn_iterations,
-        ema=args.ema,
-        update_positions=args.update_positions,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    why = " (no CUDA GPU in use: the CPU preset; --preset paper for the authors' sizes)" if (
+        args.preset == "auto" and preset == "cpu") else ""
+    print(f"PRADOT preset {preset}{why}: layers {list(config.layers)}, {config.n_prototypes} prototypes per cell, "
+          f"{config.epochs} epochs, init {config.init}")
+    return config
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -171,7 +201,7 @@ def _run_train(args: argparse.Namespace) -> int:
     splits = load_anomaly_splits(args.data, name)
     device = _device(args)
     backbone = create_backbone(args.backbone, device=device)
-    config = _config(args, backbone)
+    config = _config(args, backbone, device)
     progress = not args.quiet
     tokens, grids = encode_tokens(backbone, splits.train, config.layers, progress=progress)
     model = build_model(config, tokens, grids)
@@ -189,8 +219,13 @@ def _run_train(args: argparse.Namespace) -> int:
     test_set = EvaluationSet.load(backbone, splits, config.layers, progress=progress)
     metrics = {"class": name, **test_set.evaluate(lambda t: model(t, size), model.members[0].features.device)}
     out = Path(args.out) if args.out else Settings.from_env().models_dir / f"pradot-{name}"
+    iterations = [max(step.values()) for step in result.sinkhorn_iterations]
     training = {"status": result.status, "batch_size": result.batch_size, "steps": result.steps,
-                "history": result.history, "train_images": len(splits.train)}
+                "batches_per_epoch": result.batches_per_epoch, "history": result.history,
+                "train_images": len(splits.train), "preset": args.preset,
+                "sinkhorn_iterations_per_step": sum(iterations) / max(1, len(iterations))}
+    print(f"trained {result.steps} OT steps ({result.batches_per_epoch} per epoch, up to {result.batch_size} images "
+          f"each), {training['sinkhorn_iterations_per_step']:.1f} Sinkhorn iterations per step on average")
     path = save_pradot(out / "model", model, backbone=backbone.name, image_size=size[0], config=config,
                        metrics=metrics, training=training)
     rows = [{"method": "PRADOT", **metrics}]
@@ -280,7 +315,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     names = [resolve_class(args.data, name) for name in args.names] if args.names else list(available)
     device = _device(args)
     backbone = create_backbone(args.backbone, device=device)
-    config = _config(args, backbone)
+    config = _config(args, backbone, device)
     patchcore = PatchCoreConfig(coreset_ratio=args.coreset_ratio, reweight=args.reweight, seed=args.seed)
     rows: list[dict[str, Any]] = []
     for name in names:
