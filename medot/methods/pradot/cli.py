@@ -30,6 +30,11 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
     _add_pradot_options(train)
     train.add_argument("--out", default=None, help="checkpoint folder (default: $MEDOT_HOME/models/pradot-<class>)")
     train.add_argument(
+        "--calibration-fraction", type=float, default=0.2,
+        help="share of the normal training images held out (never trained on) to calibrate the scores: "
+        "percentile among normals and a normal/anomalous verdict at the normals' 99th percentile (default: 0.2)",
+    )
+    train.add_argument(
         "--no-patchcore", dest="patchcore", action="store_false",
         help="do not fit and save the PatchCore baseline beside the PRADOT model",
     )
@@ -62,11 +67,16 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
 
     predict = commands.add_parser(
         PREDICT_COMMAND,
-        help="anomaly map (PNG overlay + .npy) and image score from a trained PRADOT model",
+        help="anomaly map (PNG + .npy), image score and calibrated verdict from a PRADOT or PatchCore model",
+        description="Score images with a PRADOT model (<out>/model) or its PatchCore baseline (<out>/patchcore). "
+        "A model trained with held-out normals also reports each score's percentile among those normals and a "
+        "verdict (anomalous above the normals' 99th percentile); the PNG shows the image, the map in units of the "
+        "normals' 99th pixel percentile with the region above 1 outlined, and a colour bar.",
     )
     predict.add_argument("images", nargs="+", help="PNG/JPEG/BMP/TIFF/DICOM/.npy files")
-    predict.add_argument("--model", required=True, help="PRADOT checkpoint (model, model.json or model.safetensors)")
-    predict.add_argument("--out", default=".", help="folder for <image>_pradot.png / .npy (default: .)")
+    predict.add_argument("--model", required=True,
+                         help="PRADOT or PatchCore checkpoint (<out>/model or <out>/patchcore, with or without suffix)")
+    predict.add_argument("--out", default=".", help="folder for <image>_<method>.png / .npy (default: .)")
     predict.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     predict.add_argument("--json", action="store_true", help="print machine-readable JSON")
     predict.set_defaults(run=_run_predict)
@@ -190,9 +200,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from medot.backbones import create_backbone
     from medot.config import Settings
-    from medot.methods.pradot.data import load_anomaly_splits, resolve_class
+    from medot.methods.pradot.data import hold_out_normals, load_anomaly_splits, resolve_class
     from medot.methods.pradot.detector import save_pradot
-    from medot.methods.pradot.evaluation import EvaluationSet
+    from medot.methods.pradot.evaluation import EvaluationSet, calibrate
     from medot.jobs.protocol import EXIT_CANCELLED, event_sink_from_env, stop_requested_from_signals
     from medot.methods.pradot.training import build_model, encode_tokens, train_pradot
 
@@ -203,10 +213,12 @@ def _run_train(args: argparse.Namespace) -> int:
     backbone = create_backbone(args.backbone, device=device)
     config = _config(args, backbone, device)
     progress = not args.quiet
-    tokens, grids = encode_tokens(backbone, splits.train, config.layers, progress=progress)
+    train_paths, held_out = hold_out_normals(splits.train, args.calibration_fraction, args.seed)
+    tokens, grids = encode_tokens(backbone, train_paths, config.layers, progress=progress)
     model = build_model(config, tokens, grids)
-    print(f"PRADOT on {name} ({len(splits.train)} normal training images), backbone {backbone.name}, "
-          f"{len(model.members)} members: {', '.join(m.name for m in model.members)}")
+    print(f"PRADOT on {name} ({len(train_paths)} normal training images, {len(held_out)} held out for "
+          f"calibration), backbone {backbone.name}, {len(model.members)} members: "
+          f"{', '.join(m.name for m in model.members)}")
     result = train_pradot(
         model, tokens, config, device=device, progress=progress,
         on_event=event_sink_from_env(), should_stop=stop_requested_from_signals(),
@@ -218,19 +230,28 @@ def _run_train(args: argparse.Namespace) -> int:
     size = (backbone.preprocess.image_size,) * 2
     test_set = EvaluationSet.load(backbone, splits, config.layers, progress=progress)
     metrics = {"class": name, **test_set.evaluate(lambda t: model(t, size), model.members[0].features.device)}
+    domain = {"dataset": str(args.data), "class": name, "train_images": len(train_paths),
+              "held_out_normals": len(held_out)}
+    held_tokens = encode_tokens(backbone, held_out, config.layers, progress=progress)[0] if held_out else None
+    source = f"{len(held_out)} held-out normal training images of {name}"
+    calibration = (calibrate(lambda t: model(t, size), held_tokens, model.members[0].features.device, source)
+                   if held_tokens is not None else None)
+    if calibration is None:
+        print("warning: too few normal images to hold any out: scores are saved without a calibrated scale")
     out = Path(args.out) if args.out else Settings.from_env().models_dir / f"pradot-{name}"
     iterations = [max(step.values()) for step in result.sinkhorn_iterations]
     training = {"status": result.status, "batch_size": result.batch_size, "steps": result.steps,
                 "batches_per_epoch": result.batches_per_epoch, "history": result.history,
-                "train_images": len(splits.train), "preset": args.preset,
+                "preset": args.preset, **domain,
                 "sinkhorn_iterations_per_step": sum(iterations) / max(1, len(iterations))}
     print(f"trained {result.steps} OT steps ({result.batches_per_epoch} per epoch, up to {result.batch_size} images "
           f"each), {training['sinkhorn_iterations_per_step']:.1f} Sinkhorn iterations per step on average")
     path = save_pradot(out / "model", model, backbone=backbone.name, image_size=size[0], config=config,
-                       metrics=metrics, training=training)
+                       metrics=metrics, training=training, calibration=calibration)
     rows = [{"method": "PRADOT", **metrics}]
     if args.patchcore:
-        rows.append(_fit_patchcore(config, backbone, tokens, grids, test_set, out / "patchcore", name, device))
+        rows.append(_fit_patchcore(config, backbone, tokens, grids, test_set, out / "patchcore", name, device,
+                                   held_tokens, domain))
     print(_format_table(rows))
     print(f"saved the PRADOT model to {path}")
     if args.patchcore:
@@ -239,9 +260,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _fit_patchcore(config: Any, backbone: Any, tokens: dict, grids: dict, test_set: Any, path: Any, name: str,
-                   device: str) -> dict[str, Any]:
+                   device: str, held_tokens: dict | None = None, domain: dict | None = None) -> dict[str, Any]:
     """Fit PatchCore (default ``PatchCoreConfig``, PRADOT's layers and seed) on the training tokens
-    PRADOT used, evaluate it on the same test set, save it at ``path``; returns its table row."""
+    PRADOT used, evaluate it on the same test set, calibrate it on the same held-out normals, save it
+    at ``path``; returns its table row."""
     import time
 
     from medot.methods.pradot.config import PatchCoreConfig
@@ -253,9 +275,16 @@ def _fit_patchcore(config: Any, backbone: Any, tokens: dict, grids: dict, test_s
     started = time.perf_counter()
     baseline.fit({layer: value.to(device) for layer, value in tokens.items()})
     fit_seconds = time.perf_counter() - started
+    from medot.methods.pradot.evaluation import calibrate
+
     scored = test_set.evaluate(lambda t: baseline(t, size), baseline.memory_bank.device)
     metrics = {"class": name, "fit_seconds": fit_seconds, **scored}
-    save_patchcore(path, baseline, backbone=backbone.name, image_size=size[0], metrics=metrics)
+    calibration = None
+    if held_tokens is not None:
+        source = f"{(domain or {}).get('held_out_normals', '?')} held-out normal training images of {name}"
+        calibration = calibrate(lambda t: baseline(t, size), held_tokens, baseline.memory_bank.device, source)
+    save_patchcore(path, baseline, backbone=backbone.name, image_size=size[0], metrics=metrics,
+                   calibration=calibration, training=domain)
     return {"method": "PatchCore", **metrics}
 
 
@@ -364,13 +393,18 @@ def _run_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import numpy as np
+    from PIL import Image
 
     from medot.data.io import read_image
     from medot.methods.pradot.data import view_image
-    from medot.methods.pradot.detector import load_pradot
+    from medot.methods.pradot.detector import METHOD as PRADOT
     from medot.methods.pradot.overlay import save_overlay
+    from medot.methods.pradot.patchcore_io import load_anomaly_detector
+    from medot.viz.anomaly_panel import anomaly_panel
 
-    detector = load_pradot(args.model, device=_device(args))
+    detector = load_anomaly_detector(args.model, device=_device(args))
+    method = detector.meta["method"]
+    calibration = detector.calibration
     images = [read_image(path).rgb() for path in args.images]
     maps, scores = detector.predict(images)
     out = Path(args.out)
@@ -379,14 +413,36 @@ def _run_predict(args: argparse.Namespace) -> int:
     stems = _output_stems([Path(path) for path in args.images])
     outputs = zip(args.images, stems, images, maps.numpy(), scores.tolist(), strict=True)
     for path, stem, image, anomaly_map, score in outputs:
-        npy = out / f"{stem}_pradot.npy"
+        npy = out / f"{stem}_{method}.npy"
         np.save(npy, anomaly_map)
-        png = save_overlay(out / f"{stem}_pradot.png", view_image(detector.backbone, image), anomaly_map)
-        results.append({"image": str(path), "score": score, "overlay": str(png), "map": str(npy)})
+        png = out / f"{stem}_{method}.png"
+        view = view_image(detector.backbone, image)
+        result: dict = {"image": str(path), "method": method, "score": score, "overlay": str(png), "map": str(npy)}
+        if calibration is not None:
+            scaled = calibration.pixel_scale(anomaly_map)
+            Image.fromarray(anomaly_panel(view, scaled)).save(png, format="PNG")
+            result.update(calibration.summary(score))
+            result["region_fraction"] = float((scaled >= 1.0).mean())
+            result["reading"] = calibration.describe(score)
+        elif method == PRADOT:
+            save_overlay(png, view, anomaly_map)
+        else:
+            Image.fromarray(anomaly_panel(view, anomaly_map, vmax=float(anomaly_map.max()) or 1.0, threshold=None,
+                                          unit="distance")).save(png, format="PNG")
+        results.append(result)
     if args.json:
-        print(json.dumps({"backbone": detector.backbone.name, "results": results}, indent=2))
+        print(json.dumps({"backbone": detector.backbone.name, "method": method, "calibrated": calibration is not None,
+                          "results": results}, indent=2))
         return 0
+    if calibration is None:
+        print("this model has no calibration (trained before calibration or on a single normal image): raw scores "
+              "only, no verdict")
     for result in results:
-        print(f"{result['image']}: anomaly score {result['score']:.4f} "
-              f"(map: {result['map']}, overlay: {result['overlay']})")
+        line = f"{result['image']}: anomaly score {result['score']:.4f}"
+        if calibration is not None:
+            line += (f", {result['verdict'].upper()} ({result['percentile_among_normals']:.0f}th percentile among "
+                     f"{calibration.count} held-out normals; threshold {calibration.image_threshold:.4f} = their "
+                     f"{100 * calibration.quantile:g}th percentile; {100 * result['region_fraction']:.1f} % of "
+                     "pixels above the calibrated pixel threshold)")
+        print(f"{line} (map: {result['map']}, overlay: {result['overlay']})")
     return 0
