@@ -132,7 +132,36 @@ def job_detail(manager: JobManager, job_id: int | None) -> tuple[str, str, go.Fi
         status += f"  \n{job.error.splitlines()[0]}"
     if job.status in ("interrupted", "cancelled", "failed"):
         status += "  \nResume continues it from its last saved state."
+    if job.status == "running":
+        status += live_progress(events)
     return status, log, loss_curve(job, events)
+
+
+def live_progress(events: Sequence) -> str:
+    """The last in-epoch progress a job reported (``progress`` / ``eta_seconds`` of its step events),
+    as a line to append to its status, or ``""``."""
+    for event in reversed(events):
+        metrics = event.metrics if isinstance(event.metrics, dict) else {}
+        if "progress" in metrics and "eta_seconds" in metrics:
+            line = f"  \n{100 * metrics['progress']:.0f} % done, about {_duration(metrics['eta_seconds'])} left"
+            return line + (f" ({event.message})" if event.message else "")
+    return ""
+
+
+def _duration(seconds: float) -> str:
+    whole = max(0, int(round(seconds)))
+    return f"{whole // 60} min {whole % 60:02d} s" if whole >= 60 else f"{whole} s"
+
+
+def pradot_preset_note() -> str:
+    """Which PRADOT settings a job gets on this machine (its ``--preset auto``)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "PRADOT jobs use the paper's settings (a CUDA GPU is present)."
+    return ("No GPU here: PRADOT jobs use the **CPU preset** (one layer, 4 prototypes per cell, bounded OT "
+            "batches, 10 epochs unless set), which trains in minutes; `medot train pradot --preset paper` runs "
+            "the authors' full setting.")
 
 
 def loss_curve(job: JobRecord, events: Sequence) -> go.Figure | None:
@@ -169,6 +198,8 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
         f"Jobs run `medot train <method>` in a worker process and are kept in `{manager.registry.path}`. "
         f"Datasets: the synthetic demo set or a folder under the data root `{settings.data_root}`."
     )
+    if "pradot" in methods:
+        gr.Markdown(pradot_preset_note())
     with gr.Row():
         with gr.Column():
             method = gr.Dropdown(methods, value=methods[0] if methods else None, label="Method")

@@ -71,6 +71,9 @@ METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
         **TRAIN_ARGUMENTS,
         "n_prototypes": Argument("int", 1, 1024),
         "epsilon": Argument("float", 1e-4, 10.0),
+        "preset": Argument("choice", choices=("auto", "paper", "cpu")),
+        "plan_budget": Argument("int", 1, 2**40),
+        "init": Argument("choice", choices=("data", "uniform")),
     },
 }
 
