@@ -27,7 +27,6 @@ PREFIX = "encoder:"
 class EncoderBackbone(ImageBackbone):
     """A frozen pretrained encoder behind the image-backbone interface."""
 
-    default_layers = ("stride8", "stride16")
     is_clinical = False
 
     def __init__(self, encoder: torch.nn.Module, meta: dict, name: str) -> None:
@@ -40,7 +39,11 @@ class EncoderBackbone(ImageBackbone):
         self.embed_dim = int(meta["channels"])
         pre = meta["preprocess"]
         self.preprocess = Preprocess(int(pre["image_size"]), tuple(pre["mean"]), tuple(pre["std"]), pre["interpolation"])
-        self.feature_layers = FEATURE_LAYERS
+        self.feature_layers = tuple(layer for layer in FEATURE_LAYERS if layer in encoder.feature_layers)
+        self.default_layers = tuple(layer for layer in ("stride8", "stride16") if layer in self.feature_layers) or ("dense",)
+        #: the encoder file's hash: the feature cache keys entries by it, so retraining into the
+        #: same PATH never serves stale features
+        self.weights_sha256 = meta.get("tensors_sha256")
 
     def encode_image(self, images: torch.Tensor, layers: Sequence[str] | None = None) -> ImageFeatures:
         chosen = self._check_layers(layers)

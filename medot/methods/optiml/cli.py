@@ -13,7 +13,7 @@ from typing import Any
 from medot.launch import mark_distributed
 
 METHOD_CHOICES = ("optiml", "vicreg", "vicregl")
-ENCODER_CHOICES = ("lite", "resnet18", "resnet50")
+ENCODER_CHOICES = ("lite", "resnet18", "resnet50", "tiny")
 
 
 def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:  # noqa: ARG001
@@ -37,7 +37,7 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
     train.add_argument(
         "--encoder", default="lite", choices=ENCODER_CHOICES,
         help="lite: EfficientNet-Lite0 from ImageNet weights (default; continued pretraining); "
-        "resnet18/resnet50: random init (the paper's setting)",
+        "resnet18/resnet50: random init (the paper's setting); tiny: a 3-layer CNN for smoke tests only",
     )
     train.add_argument("--no-cvsim", action="store_true", help="ablation: no cross-view attention (CV-SIM)")
     train.add_argument("--no-varcov", action="store_true", help="ablation: no dense variance/covariance terms")

@@ -21,7 +21,7 @@ from typing import Any
 from medot.errors import MedotError
 
 METHODS = ("optiml", "vicreg", "vicregl")
-ENCODERS = ("resnet18", "resnet50", "lite")
+ENCODERS = ("resnet18", "resnet50", "lite", "tiny")
 
 
 @dataclass(frozen=True)

