@@ -89,9 +89,13 @@ def matching_loss(q_s: Tensor, q_t: Tensor, plan: Tensor) -> Tensor:
     return (n / d) * (plan.to(squared.dtype) * squared).sum(dim=(1, 2)).mean()
 
 
-def vicreg_global(y_s: Tensor, y_t: Tensor) -> dict[str, Tensor]:
-    """VICReg's three terms (weighted) and their sum under ``"total"``."""
+def vicreg_global(y_s: Tensor, y_t: Tensor, gather=None) -> dict[str, Tensor]:
+    """VICReg's three terms (weighted) and their sum under ``"total"``; ``gather`` (e.g.
+    :func:`medot.methods.optiml.sync.gather_rows`) collects every rank's rows for the variance and
+    covariance, as VICReg's ``FullGatherLayer`` does (the invariance term stays per rank)."""
     invariance = F.mse_loss(y_s, y_t)
+    if gather is not None:
+        y_s, y_t = gather(y_s), gather(y_t)
     variance = (variance_term(y_s) + variance_term(y_t)) / 2
     covariance = covariance_term(y_s) + covariance_term(y_t)
     total = VICREG_SIM * invariance + VICREG_STD * variance + VICREG_COV * covariance

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from medot.methods.optiml import losses
 from medot.methods.optiml.config import OptimlConfig
 from medot.methods.optiml.encoder import Encoder
+from medot.methods.optiml.sync import gather_rows
 from medot.methods.optiml.views import mass_on_overlap, overlap_mask
 
 
@@ -110,7 +111,7 @@ class OptimlModel(nn.Module):
         loss = both.new_zeros(())
         if self.global_projector is not None:
             pooled = self.global_projector(tokens.mean(dim=1))
-            vicreg = losses.vicreg_global(pooled[:batch], pooled[batch:])
+            vicreg = losses.vicreg_global(pooled[:batch], pooled[batch:], gather=gather_rows)
             loss = loss + config.global_term_weight * vicreg["total"]
             terms.update({f"global_{name}": value for name, value in vicreg.items() if name != "total"})
         if self.dense_projector is not None:
@@ -144,7 +145,9 @@ class OptimlModel(nn.Module):
             terms["ot" if config.matching == "ot" else "nn"] = match
             loss = loss + config.alpha * match
         if config.varcov:
-            flat_s, flat_t = q_s.reshape(-1, q_s.shape[-1]).float(), q_t.reshape(-1, q_t.shape[-1]).float()
+            # the global batch's statistics under torchrun (one process: the rows themselves)
+            flat_s = gather_rows(q_s.reshape(-1, q_s.shape[-1]).float())
+            flat_t = gather_rows(q_t.reshape(-1, q_t.shape[-1]).float())
             variance = losses.variance_term(flat_s) + losses.variance_term(flat_t)
             covariance = losses.covariance_term(flat_s) + losses.covariance_term(flat_t)
             terms["var"], terms["cov"] = variance, covariance

@@ -5,7 +5,10 @@ Recipe (the authors' MLVICX / CoBooM code, following VICReg): LARS (timm's ``Lar
 trust coefficient 0.001) with base learning rate ``0.2 x global batch / 256``, weight decay 1e-6
 (biases and normalisation parameters neither decayed nor adapted), 2 epochs of linear warm-up from
 0, then cosine annealing to ``0.001 x lr`` (VICReg's end value), batch 64, 300 epochs. Under
-``torchrun`` the batch is per process, and BatchNorm layers become ``SyncBatchNorm`` on CUDA.
+``torchrun`` the batch is per process, BatchNorm layers use the global batch's statistics
+(``SyncBatchNorm`` on CUDA, :class:`~medot.methods.optiml.sync.CrossRankBatchNorm` on CPU) and
+the variance/covariance terms gather every rank's rows, so the run optimises the same loss as one
+process with the global batch.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from medot.methods.optiml.config import OptimlConfig
 from medot.methods.optiml.data import ImagePool, ViewPairBatches
 from medot.methods.optiml.encoder import Encoder, save_encoder
 from medot.methods.optiml.model import OptimlModel
+from medot.methods.optiml.sync import convert_batch_norms
 from medot.methods.optiml.task import OptimlTask
 from medot.train import EventHandler, TrainConfig, Trainer, TrainResult, seed_everything
 from medot.train.distributed import is_distributed, is_main_process, rank_and_world_size, resolve_device
@@ -95,10 +99,13 @@ def pretrain(
     train_config = run.train_config(out_dir)  # validates epochs / lr before any model is built
     task = build_task(config, run.seed)
     device = resolve_device(run.device)
-    if is_distributed() and device.type == "cuda":
-        import torch
+    if is_distributed():  # BatchNorm statistics of the global batch, as one process would compute
+        if device.type == "cuda":
+            import torch
 
-        task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)
+            task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)
+        else:
+            task = convert_batch_norms(task)
     task.hyper_parameters.update(pretraining=asdict(run) | {"lr": run.learning_rate()}, images=len(pool))
     batches = ViewPairBatches(pool, run.batch_size, config.image_size, run.seed, config.min_scale)
     result = Trainer(train_config).fit(task, batches, on_event=on_event, should_stop=should_stop, resume=resume)
