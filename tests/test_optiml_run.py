@@ -204,3 +204,28 @@ def test_cli_errors_are_one_line_messages(argv, message, capsys, tmp_path):
 def test_pretraining_refuses_a_pool_smaller_than_a_batch(synthetic, capsys):
     assert main(["train", "optiml", "--data", str(synthetic.pool), "--batch-size", "64", "--encoder", "tiny"]) == 2
     assert "fewer than one batch" in capsys.readouterr().err
+
+
+def test_an_interrupted_pretraining_resumes_to_the_uninterrupted_result(synthetic, tmp_path):
+    pool = ImagePool.from_folder(synthetic.pool, load_size=36)
+    run = PretrainRun(epochs=2, batch_size=4, lr=1.0, warmup_epochs=1, seed=3, device="cpu", progress=False)
+    straight = pretrain(pool, CONFIG, run, tmp_path / "straight")
+    calls = iter(range(1000))
+    stopped = pretrain(pool, CONFIG, run, tmp_path / "resumed", should_stop=lambda: next(calls) >= 4)
+    assert stopped.result.status == "cancelled" and stopped.encoder_path is None
+    resumed = pretrain(pool, CONFIG, run, tmp_path / "resumed", resume=True)
+    assert resumed.result.status == "completed"
+    expected, actual = straight.task.checkpoint_tensors(), resumed.task.checkpoint_tensors()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_finetuning_on_separable_data_beats_chance(tmp_path, capsys):
+    data = _write_separable(tmp_path / "sep", n_train=12)
+    code = main([
+        "eval", "finetune", "--encoder", "tiny", "--data", str(data), "--fractions", "100", "--seeds", "1",
+        "--epochs", "8", "--batch-size", "8", "--image-size", "32", "--json",
+    ])
+    assert code == 0
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    assert run["accuracy"] >= 0.75
