@@ -229,3 +229,45 @@ def test_finetuning_on_separable_data_beats_chance(tmp_path, capsys):
     assert code == 0
     run = json.loads(capsys.readouterr().out)["runs"][0]
     assert run["accuracy"] >= 0.75
+
+
+def _write_nih(root, n_patients=8, per_patient=2, size=32):
+    """A miniature NIH ChestX-ray14 layout: CSV, official lists, images in images_001/images/.
+    Effusion images are bright, others dark: the finding is separable by construction."""
+    rng = np.random.default_rng(1)
+    folder = root / "images_001" / "images"
+    folder.mkdir(parents=True)
+    rows, names = ["Image Index,Finding Labels,Follow-up #,Patient ID"], []
+    for patient in range(n_patients):
+        for k in range(per_patient):
+            name = f"{patient:08d}_{k:03d}.png"
+            effusion = (patient + k) % 2 == 0
+            labels = "Effusion|Mass" if effusion and patient % 3 == 0 else ("Effusion" if effusion else "No Finding")
+            image = (0.7 if effusion else 0.2) + 0.05 * rng.random((size, size))
+            Image.fromarray((255 * image).astype(np.uint8)).save(folder / name)
+            rows.append(f"{name},{labels},{k},{patient}")
+            names.append((patient, name))
+    (root / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(n for p, n in names if p < n_patients - 2) + "\n")
+    (root / "test_list.txt").write_text("\n".join(n for p, n in names if p >= n_patients - 2) + "\n")
+    return root
+
+
+def test_nih_layout_is_multilabel_with_patient_disjoint_validation(tmp_path, capsys):
+    from medot.eval.probe import NIH_FINDINGS, load_nih_splits
+
+    data = _write_nih(tmp_path / "nih", n_patients=12)
+    splits = load_nih_splits(data, seed=0)
+    assert splits.multilabel and splits.classes == NIH_FINDINGS and len(splits.test) == 4
+    patient = lambda record: record.path.name.split("_")[0]  # noqa: E731
+    assert not {patient(r) for r in splits.val} & {patient(r) for r in splits.train}
+    assert not {r.path for r in splits.test} & {r.path for r in splits.train + splits.val}
+    effusion = NIH_FINDINGS.index("Effusion")
+    assert splits.label_tensor("train").shape == (len(splits.train), 14)
+    assert all(r.label[effusion] == int("Effusion" in r.class_name) for r in splits.train)
+    code = main(["eval", "linear", "--encoder", "tiny", "--data", str(data), "--fractions", "100", "--seeds", "1",
+                 "--epochs", "20", "--image-size", "32", "--json"])
+    assert code == 0
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    assert run["auroc_Effusion"] >= 0.9  # bright vs dark: separable by construction
+    assert np.isnan(run["auroc_Hernia"])  # no positive in the test list: undefined, not averaged

@@ -6,7 +6,9 @@ together with AdamW at lr 3e-4 (**fine-tune**); cross-entropy; the state with th
 **validation AUROC** is kept (ties: lower validation cross-entropy), and training stops after
 ``patience`` = 10 epochs without improvement. Reported on the test split: accuracy, macro-F1 (:mod:`medot.eval.classification`)
 and AUROC (scikit-learn ``roc_auc_score``: the positive class's probability for two classes,
-one-vs-rest macro average over classes otherwise).
+one-vs-rest macro average over classes otherwise); for NIH ChestX-ray14 (multi-label, sigmoid +
+binary cross-entropy) the mean AUROC over the 14 findings and each finding's AUROC
+(:func:`load_nih_splits`).
 
 Leakage guard: the validation split is carved from the **training** data only (a seeded,
 class-stratified 10 %, at least one image per class, unless the data has its own ``val``
@@ -50,6 +52,13 @@ class LabelledSplits:
     train: tuple[ImageRecord, ...]
     val: tuple[ImageRecord, ...]
     test: tuple[ImageRecord, ...]
+    #: True: each record's ``label`` is a tuple of 0/1 per class (NIH ChestX-ray14 findings)
+    multilabel: bool = False
+
+    def label_tensor(self, split: str) -> Tensor:
+        """``[N]`` class indices, or ``[N, C]`` float 0/1 targets when :attr:`multilabel`."""
+        labels = [r.label for r in getattr(self, split)]
+        return torch.tensor(labels, dtype=torch.float32) if self.multilabel else torch.tensor(labels)
 
 
 def _stratified(records: Sequence[ImageRecord], n_classes: int, count: Callable[[int], int], seed: int):
@@ -93,10 +102,71 @@ def load_labelled_splits(root: str | Path, seed: int = 0) -> LabelledSplits:
     return LabelledSplits(train.label_names, tuple(rest), tuple(val), tuple(test))
 
 
-def label_fraction(records: Sequence[ImageRecord], n_classes: int, fraction: float, seed: int) -> list[ImageRecord]:
-    """``max(1, round(fraction * n_c))`` images of each class (seeded; ``fraction`` in (0, 1])."""
+NIH_FINDINGS = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
+NIH_CSV, NIH_TRAIN_LIST, NIH_TEST_LIST = "Data_Entry_2017.csv", "train_val_list.txt", "test_list.txt"
+
+
+def is_nih_layout(root: str | Path) -> bool:
+    root = Path(root)
+    return all((root / name).is_file() for name in (NIH_CSV, NIH_TRAIN_LIST, NIH_TEST_LIST))
+
+
+def load_nih_splits(root: str | Path, seed: int = 0) -> LabelledSplits:
+    """NIH ChestX-ray14: ``Data_Entry_2017.csv`` (``Image Index``, ``Finding Labels`` joined by
+    ``|``, ``Patient ID``), the official ``train_val_list.txt`` / ``test_list.txt`` and the images
+    anywhere under ``root`` (the release's ``images_0NN/images/`` folders). Labels: the 14
+    findings, multi-hot ("No Finding" = all zeros). Validation: 10 % of the **patients** of
+    train_val (seeded), so no patient is in both; the test list is used only for testing."""
+    import csv
+
+    root = Path(root)
+    if not is_nih_layout(root):
+        raise DatasetLayoutError(f"{root} lacks {NIH_CSV}, {NIH_TRAIN_LIST} or {NIH_TEST_LIST} (NIH ChestX-ray14 layout)")
+    files = {path.name: path for path in root.rglob("*.png")}
+    entries: dict[str, tuple[tuple[int, ...], str, str]] = {}
+    with (root / NIH_CSV).open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            findings = set(row["Finding Labels"].split("|"))
+            unknown = findings - set(NIH_FINDINGS) - {"No Finding"}
+            if unknown:
+                raise DatasetLayoutError(f"{NIH_CSV}: {row['Image Index']} has unknown findings {sorted(unknown)}")
+            label = tuple(int(f in findings) for f in NIH_FINDINGS)
+            entries[row["Image Index"]] = (label, row["Finding Labels"], row.get("Patient ID", row["Image Index"]))
+
+    def records(list_name: str) -> list[tuple[ImageRecord, str]]:
+        names = [line.strip() for line in (root / list_name).read_text(encoding="utf-8").splitlines() if line.strip()]
+        missing = [name for name in names if name not in entries or name not in files]
+        if missing:
+            raise DatasetLayoutError(
+                f"{list_name} names {len(missing)} images without a CSV row or a PNG under {root}, e.g. {missing[0]}"
+            )
+        return [(ImageRecord(files[name], entries[name][0], entries[name][1]), entries[name][2]) for name in names]
+
+    train_val, test = records(NIH_TRAIN_LIST), records(NIH_TEST_LIST)
+    patients = sorted({patient for _, patient in train_val})
+    order = np.random.default_rng([seed, 1]).permutation(len(patients))
+    val_patients = {patients[i] for i in order[: max(1, round(VAL_FRACTION * len(patients)))]}
+    train = tuple(r for r, patient in train_val if patient not in val_patients)
+    val = tuple(r for r, patient in train_val if patient in val_patients)
+    if not train:
+        raise DatasetLayoutError(f"{root}: too few patients in {NIH_TRAIN_LIST} to keep a training split")
+    return LabelledSplits(NIH_FINDINGS, train, val, tuple(r for r, _ in test), multilabel=True)
+
+
+def label_fraction(
+    records: Sequence[ImageRecord], n_classes: int, fraction: float, seed: int, multilabel: bool = False
+) -> list[ImageRecord]:
+    """``max(1, round(fraction * n_c))`` images of each class (seeded; ``fraction`` in (0, 1]); for
+    multi-label records, ``max(1, round(fraction * N))`` images drawn from all of them."""
     if not 0 < fraction <= 1:
         raise MedotError(f"label fraction {fraction}: give a number in (0, 1] (percent / 100)")
+    if multilabel:
+        ordered = sorted(records, key=lambda r: str(r.path))
+        order = np.random.default_rng([seed, 0]).permutation(len(ordered))
+        return [ordered[i] for i in order[: max(1, round(fraction * len(ordered)))]]
     chosen, _ = _stratified(records, n_classes, lambda n: max(1, round(fraction * n)), seed)
     return chosen
 
@@ -110,6 +180,19 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
         "macro_f1": macro_f1(labels, predicted, labels=list(range(n_classes))),
         "auroc": auroc(labels, probabilities),
     }
+
+
+def multilabel_metrics(targets: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Mean AUROC over the classes that have both outcomes in ``targets`` (NIH: the 14 findings),
+    and each class's AUROC (NaN where undefined)."""
+    per_class = {}
+    for index, name in enumerate(classes):
+        column = targets[:, index]
+        per_class[f"auroc_{name}"] = (
+            float(roc_auc_score(column, probabilities[:, index])) if 0 < column.sum() < len(column) else float("nan")
+        )
+    defined = [value for value in per_class.values() if not math.isnan(value)]
+    return {"mean_auroc": float(np.mean(defined)) if defined else float("nan"), **per_class}
 
 
 def auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -129,9 +212,16 @@ class ProbeTask(TrainingTask):
     where AUROC is undefined)."""
 
     def __init__(
-        self, body: nn.Module | None, dim: int, classes: Sequence[str], val: tuple[Tensor, Tensor], meta: dict[str, Any]
+        self,
+        body: nn.Module | None,
+        dim: int,
+        classes: Sequence[str],
+        val: tuple[Tensor, Tensor],
+        meta: dict[str, Any],
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
+        self.multilabel = multilabel
         self.body = body
         self.head = nn.Linear(dim, len(classes))
         self.classes = tuple(classes)
@@ -144,12 +234,15 @@ class ProbeTask(TrainingTask):
 
     def training_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         inputs, labels = batch
+        if self.multilabel:
+            return {"loss": F.binary_cross_entropy_with_logits(self.logits(inputs), labels)}
         return {"loss": F.cross_entropy(self.logits(inputs), labels)}
 
     @torch.no_grad()
     def probabilities(self, inputs: Tensor, batch_size: int = 64) -> np.ndarray:
         device = self.head.weight.device
-        parts = [self.logits(chunk.to(device)).softmax(-1).cpu() for chunk in inputs.split(batch_size)]
+        squash = torch.sigmoid if self.multilabel else (lambda logits: logits.softmax(-1))
+        parts = [squash(self.logits(chunk.to(device))).cpu() for chunk in inputs.split(batch_size)]
         return torch.cat(parts).double().numpy()
 
     def validation_score(self) -> float:
@@ -158,6 +251,11 @@ class ProbeTask(TrainingTask):
         the lower cross-entropy (the better-calibrated, later state) is kept."""
         probabilities = self.probabilities(self.val_inputs)
         labels = self.val_labels.numpy()
+        if self.multilabel:
+            score = multilabel_metrics(labels, probabilities, self.classes)["mean_auroc"]
+            eps = 1e-12
+            bce = -(labels * np.log(probabilities + eps) + (1 - labels) * np.log(1 - probabilities + eps)).mean()
+            return (0.0 if math.isnan(score) else score) - 1e-6 * min(float(bce), 1e3)
         score = auroc(labels, probabilities)
         score = accuracy(labels, probabilities.argmax(1)) if math.isnan(score) else score
         picked = probabilities[np.arange(len(labels)), labels].clip(1e-12, 1.0)
@@ -232,6 +330,7 @@ def run_probe(
     body_factory: Callable[[], nn.Module] | None = None,
     meta: dict[str, Any] | None = None,
     fraction: float = 1.0,
+    multilabel: bool = False,
 ) -> ProbeResult:
     """Train one classifier on ``inputs["train"][fraction_indices]``, keep the best validation
     state, then score ``inputs["test"]`` once. ``inputs`` are pooled features (linear) or images
@@ -243,7 +342,7 @@ def run_probe(
     seed_everything(seed)
     body = None if run.mode == "linear" else body_factory()
     dim = train_x.shape[1] if body is None else _output_dim(body, train_x[:2])
-    task = ProbeTask(body, dim, classes, (val_x, labels["val"]), dict(meta or {}, mode=run.mode))
+    task = ProbeTask(body, dim, classes, (val_x, labels["val"]), dict(meta or {}, mode=run.mode), multilabel)
     config = TrainConfig(
         epochs=run.epochs,
         optimizer="adamw",
@@ -258,7 +357,11 @@ def run_probe(
     batches = TensorBatches(train_x, train_y, batch_size=min(run.batch_size, len(train_x)))
     result = Trainer(config).fit(task, batches)
     task.eval()
-    metrics = classification_metrics(labels["test"].numpy(), task.probabilities(test_x))
+    probabilities = task.probabilities(test_x)
+    if multilabel:
+        metrics = multilabel_metrics(labels["test"].numpy(), probabilities, classes)
+    else:
+        metrics = classification_metrics(labels["test"].numpy(), probabilities)
     return ProbeResult(fraction, seed, metrics, result.best_epoch, result.best_score, len(train_x), result.history)
 
 

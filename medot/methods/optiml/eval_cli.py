@@ -12,6 +12,7 @@ import argparse
 import copy
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ def register(commands: Any) -> None:
         "eval",
         help="evaluate a pretrained encoder: linear probe or fine-tuning, with label fractions",
         description="Label-efficiency evaluation of an image encoder on a labelled folder "
-        "(DIR/train/<class>/, DIR/test/<class>/, optional DIR/val/<class>/): for each label fraction and "
+        "(DIR/train/<class>/, DIR/test/<class>/, optional DIR/val/<class>/; or NIH ChestX-ray14: "
+        "Data_Entry_2017.csv + train_val_list.txt + test_list.txt, 14 findings, mean AUROC): for each label fraction and "
         "seed, train a linear classifier on frozen features (linear; AdamW 3e-3) or the whole encoder "
         "(finetune; AdamW 3e-4), keep the epoch with the best validation AUROC (early stopping, patience 10; "
         "validation carved from the training images only), then report test accuracy, macro-F1 and AUROC. "
@@ -109,7 +111,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from medot.errors import MedotError
     from medot.eval.classification import summarise_seeds
-    from medot.eval.probe import ProbeRun, label_fraction, load_labelled_splits, run_probe
+    from medot.eval.probe import ProbeRun, is_nih_layout, label_fraction, load_labelled_splits, load_nih_splits, run_probe
     from medot.train.distributed import resolve_device
 
     if len(set(args.seeds)) != len(args.seeds) or any(s < 0 for s in args.seeds):
@@ -130,11 +132,11 @@ def _run_eval(args: argparse.Namespace) -> int:
 
         data = synthetic_pool_dir() / "labelled"
     encoder, name, size = load_any_encoder(args.encoder)
-    splits = load_labelled_splits(data, seed=0)
+    splits = load_nih_splits(data, seed=0) if is_nih_layout(data) else load_labelled_splits(data, seed=0)
     size = args.image_size or size
     device = resolve_device(args.device)
     grey = {split: _images(getattr(splits, split), size) for split in ("train", "val", "test")}
-    labels = {split: torch.tensor([r.label for r in getattr(splits, split)]) for split in ("train", "val", "test")}
+    labels = {split: splits.label_tensor(split) for split in ("train", "val", "test")}
     if args.mode == "linear":
         body = _Normalised(encoder).to(device).eval()
         with torch.no_grad():
@@ -147,28 +149,33 @@ def _run_eval(args: argparse.Namespace) -> int:
     results = []
     for fraction in args.fractions:
         for seed in args.seeds:
-            chosen = label_fraction(splits.train, len(splits.classes), fraction / 100, seed)
+            chosen = label_fraction(splits.train, len(splits.classes), fraction / 100, seed, splits.multilabel)
             index = {str(r.path): i for i, r in enumerate(splits.train)}
             indices = [index[str(r.path)] for r in chosen]
             result = run_probe(
                 inputs, labels, splits.classes, indices, seed, run,
                 body_factory=lambda: _Normalised(copy.deepcopy(encoder)),
                 meta={"method": f"{args.mode}-probe", "backbone": args.encoder}, fraction=fraction,
+                multilabel=splits.multilabel,
             )
             results.append(result)
             if not args.quiet and not args.json:
                 m = result.metrics
-                print(f"  {fraction:g}% seed {seed}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
-                      f"AUROC {m['auroc']:.4f} (best epoch {result.best_epoch}, {result.train_images} training images)")
+                shown = (f"mean AUROC {m['mean_auroc']:.4f}" if splits.multilabel else
+                         f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, AUROC {m['auroc']:.4f}")
+                print(f"  {fraction:g}% seed {seed}: {shown} (best epoch {result.best_epoch}, "
+                      f"{result.train_images} training images)")
     rows = [
         {"encoder": name, "mode": args.mode, "fraction": r.fraction, "seed": r.seed, "train_images": r.train_images,
          "best_epoch": r.best_epoch, "val_auroc": r.val_auroc, **r.metrics}
         for r in results
     ]
-    summary = {
-        f"{fraction:g}": {key: vars(value) for key, value in summarise_seeds([r.metrics for r in results if r.fraction == fraction]).items()}
-        for fraction in args.fractions
-    }
+    def summarise(fraction: float) -> dict:
+        runs = [r.metrics for r in results if r.fraction == fraction]
+        finite = [key for key in runs[0] if all(math.isfinite(run[key]) for run in runs)]  # undefined AUROCs left out
+        return {key: vars(value) for key, value in summarise_seeds([{k: run[k] for k in finite} for run in runs]).items()}
+
+    summary = {f"{fraction:g}": summarise(fraction) for fraction in args.fractions}
     report = {"encoder": name, "mode": args.mode, "data": str(data), "classes": list(splits.classes),
               "sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test")}, "runs": rows, "summary": summary}
     if args.out:
@@ -185,6 +192,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     print(f"{args.mode} evaluation of {name} on {data} ({', '.join(splits.classes)}; "
           f"train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}):")
     for fraction, metrics in summary.items():
-        cells = ", ".join(f"{key} {value['mean']:.4f} ± {value['std']:.4f}" for key, value in metrics.items())
+        shown = {key: value for key, value in metrics.items() if not key.startswith("auroc_")}
+        cells = ", ".join(f"{key} {value['mean']:.4f} ± {value['std']:.4f}" for key, value in shown.items())
         print(f"  {fraction}% labels: {cells}")
     return 0
