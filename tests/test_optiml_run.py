@@ -271,3 +271,22 @@ def test_nih_layout_is_multilabel_with_patient_disjoint_validation(tmp_path, cap
     run = json.loads(capsys.readouterr().out)["runs"][0]
     assert run["auroc_Effusion"] >= 0.9  # bright vs dark: separable by construction
     assert np.isnan(run["auroc_Hernia"])  # no positive in the test list: undefined, not averaged
+
+
+def test_app_jobs_build_a_valid_optiml_command(tmp_path):
+    from medot.cli import build_parser
+    from medot.jobs.arguments import METHOD_ARGUMENTS, validate_arguments
+    from medot.jobs.registry import JobError
+    from medot.jobs.runner import medot_train_command
+
+    checked = validate_arguments(
+        "optiml", {"dataset": "synthetic", "method": "vicregl", "epochs": 3, "no_cvsim": True, "alpha": 10},
+        tmp_path, METHOD_ARGUMENTS,
+    )
+    command = medot_train_command("optiml", checked, tmp_path / "job", resume=True)
+    args = build_parser().parse_args(command[3:])
+    assert (args.data, args.method, args.epochs, args.no_cvsim, args.alpha, args.resume) == (
+        "synthetic", "vicregl", 3, True, 10.0, True
+    )
+    with pytest.raises(JobError, match="does not take backbone"):
+        validate_arguments("optiml", {"backbone": "lite"}, tmp_path, METHOD_ARGUMENTS)

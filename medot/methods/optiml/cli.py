@@ -29,7 +29,7 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
         "and agree_ot / agree_nn: the share of OT / nearest-neighbour matching mass on truly overlapping patches).",
     )
     train.add_argument(
-        "--data", required=True,
+        "--data", "--dataset", dest="data", required=True,
         help="folder of unlabelled images (PNG/JPEG/TIFF/DICOM/.npy, nested folders fine), or 'synthetic' "
         "(an X-ray-like pool written under $MEDOT_HOME on first use)",
     )
