@@ -75,6 +75,20 @@ METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
         "plan_budget": Argument("int", 1, 2**40),
         "init": Argument("choice", choices=("data", "uniform")),
     },
+    "optiml": {  # pretrains its own encoder: no --backbone
+        **{name: argument for name, argument in TRAIN_ARGUMENTS.items() if name != "backbone"},
+        "method": Argument("choice", choices=("optiml", "vicreg", "vicregl")),
+        "encoder": Argument("choice", choices=("lite", "resnet18", "resnet50")),
+        "no_cvsim": Argument("flag"),
+        "no_varcov": Argument("flag"),
+        "no_ot": Argument("flag"),
+        "alpha": Argument("float", 0.0, 1e4),
+        "beta": Argument("float", 0.0, 1e4),
+        "eta": Argument("float", 0.0, 1e4),
+        "epsilon": Argument("float", 1e-3, 10.0),
+        "image_size": Argument("int", 32, 1024),
+        "lr": Argument("float", 1e-8, 100.0),
+    },
 }
 
 
