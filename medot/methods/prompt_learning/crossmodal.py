@@ -22,7 +22,8 @@ A task is resolved from a name or a path (:func:`resolve_task`):
        "modalities": {"high": "ct", "low": "xray"}}  # without descriptions: required, as class_names
 
   relative paths are taken from the JSON file's folder; paths inside a split file from the
-  modality's ``root``.
+  modality's ``root``. A task file inside the data root may name only paths inside it (resolved
+  like a typed path, :func:`medot.config.confine_path`).
 
 **Every task class has images in every split that is read** (high-end train, val and test, low-end
 test), and at least ``shots`` in the high-end training split: otherwise :class:`TaskError` names the
@@ -47,11 +48,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medot.config import Settings
+from medot.config import Settings, confine_path
 from medot.data.datasets import IMAGE_EXTENSIONS, ImageRecord, load_class_folder_dataset
 from medot.data.descriptions import DescriptionSet, bundled_description_sets, load_descriptions, normalize_name
 from medot.data.sampling import sample_k_shot
-from medot.errors import DatasetLayoutError, MedotError
+from medot.errors import DatasetLayoutError, MedotError, PathNotAllowedError
 
 SYNTHETIC = "synthetic"
 TASK_FILE_KEYS = ("name", "descriptions", "high", "low", "class_names", "modalities")
@@ -283,7 +284,9 @@ def resolve_task(
     if path.is_dir():
         return folder_task(path, descriptions)
     if path.is_file():
-        return read_task_file(path)
+        root = Path(settings.data_root).expanduser().resolve()
+        inside = root in path.resolve().parents
+        return read_task_file(path, confine_to=root if inside else None)
     raise TaskError(
         f"no task named {text!r} and no task file or folder at {os.path.abspath(path)}: use 'synthetic', one of "
         f"{', '.join(PAPER_TASKS)}, a folder <root>/<high>/{{train,val,test}}/<class>/ + <root>/<low>/test/<class>/, "
@@ -386,8 +389,9 @@ def paper_task(name: str, data_root: Path) -> CrossModalTask:
     return CrossModalTask(name, descriptions, descriptions.classes, modality_data(paper.high), modality_data(paper.low))
 
 
-def read_task_file(path: Path) -> CrossModalTask:
-    """Parse a task JSON file (see the module docstring); relative paths start at its folder."""
+def read_task_file(path: Path, confine_to: Path | None = None) -> CrossModalTask:
+    """Parse a task JSON file (see the module docstring); relative paths start at its folder and,
+    with ``confine_to``, must lie inside that folder once symlinks and ``..`` are resolved."""
     path = Path(os.path.abspath(path))
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -409,7 +413,9 @@ def read_task_file(path: Path) -> CrossModalTask:
     if "descriptions" in data:
         reference = _string(data["descriptions"], "descriptions", path)
         bundled = reference in bundled_description_sets() and not (base / reference).is_file()
-        descriptions = load_descriptions(reference if bundled else Path(os.path.abspath(base / reference)))
+        if not bundled:
+            named = _confined(Path(os.path.abspath(base / reference)), "descriptions", path, confine_to)
+        descriptions = load_descriptions(reference if bundled else named)
     modality_names = None
     if "modalities" in data:
         value = data["modalities"]
@@ -433,10 +439,19 @@ def read_task_file(path: Path) -> CrossModalTask:
         name=_string(data["name"], "name", path),
         descriptions=descriptions,
         classes=classes,
-        high=_modality_data(data["high"], "high", base, path),
-        low=_modality_data(data["low"], "low", base, path),
+        high=_modality_data(data["high"], "high", base, path, confine_to),
+        low=_modality_data(data["low"], "low", base, path, confine_to),
         modality_names=modality_names,
     )
+
+
+def _confined(named: Path, key: str, path: Path, root: Path | None) -> Path:
+    if root is None:
+        return named
+    try:
+        return confine_path(named, root)
+    except PathNotAllowedError as error:
+        raise TaskError(f"task file {path}: {key!r} names {named}, which is not allowed: {error}") from None
 
 
 def _string(value: Any, key: str, path: Path) -> str:
@@ -445,16 +460,17 @@ def _string(value: Any, key: str, path: Path) -> str:
     return value.strip()
 
 
-def _modality_data(value: Any, key: str, base: Path, path: Path) -> ModalityData:
+def _modality_data(value: Any, key: str, base: Path, path: Path, confine_to: Path | None = None) -> ModalityData:
     if not isinstance(value, dict) or "root" not in value or set(value) - {"root", "split_file"}:
         raise TaskError(f"task file {path}: {key!r} must be an object {{'root': ..., 'split_file': ... (optional)}}")
-    root = Path(os.path.abspath(base / _string(value["root"], f"{key}.root", path)))
+    root = _confined(Path(os.path.abspath(base / _string(value["root"], f"{key}.root", path))), f"{key}.root", path, confine_to)
     if not root.is_dir():
         raise TaskError(f"task file {path}: the {key}-end dataset folder {root} does not exist")
     split = value.get("split_file")
     if split is None:
         return ModalityData(root)
-    split_file = Path(os.path.abspath(base / _string(split, f"{key}.split_file", path)))
+    split_key = f"{key}.split_file"
+    split_file = _confined(Path(os.path.abspath(base / _string(split, split_key, path))), split_key, path, confine_to)
     if not split_file.is_file():
         raise TaskError(f"task file {path}: the {key}-end split file {split_file} does not exist")
     return ModalityData(root, split_file)
