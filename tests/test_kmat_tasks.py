@@ -453,3 +453,13 @@ def test_sigterm_during_a_benchmark_exits_75_and_resume_finishes_it(model_dir, t
     for a, b in zip(resumed, fresh, strict=True):
         assert (a["method"], a["seed"]) == (b["method"], b["seed"])
         assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)
+
+
+def test_a_kmat_job_accepts_a_task_folder_and_refuses_a_plain_class_folder(tmp_path):
+    from medot.jobs import JobError
+    from medot.jobs.datasets import check_job_dataset
+
+    root = write_tree(tmp_path / "data" / "mine")
+    check_job_dataset("kmat", str(root), tmp_path / "home", tmp_path / "data")  # accepted
+    with pytest.raises(JobError, match=r"not on one folder .* is not a task folder"):
+        check_job_dataset("kmat", str(root / "ct" / "train"), tmp_path / "home", tmp_path / "data")
