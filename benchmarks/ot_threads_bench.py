@@ -57,6 +57,7 @@ def main() -> None:
             for name, max_blocks in policies.items():
                 kernels._MAX_CPU_BLOCKS = max_blocks
                 timings.setdefault((name, threads), []).append(timed(solve))
+                print(f"  round: {threads} thread(s), {name}: {timings[(name, threads)][-1]:.2f} s", flush=True)
     kernels._MAX_CPU_BLOCKS = new_max_blocks
     print(f"Sinkhorn {rows:,} x {cols:,} float32, 10 iterations, median of {args.repeats} interleaved rounds:")
     for threads in (1, 2):
