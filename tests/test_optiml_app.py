@@ -58,3 +58,30 @@ def test_dense_correspondences_refuses_a_file_that_is_not_a_listed_model(served,
     image = next(path for path in example_images() if path.suffix == ".png")
     with pytest.raises(Exception, match="choose a model from the list"):
         client.predict(handle_file(str(image)), str(tmp_path / "x.safetensors"), 0, 5, api_name="/dense_correspondences")
+
+
+def test_classify_tab_predicts_with_a_saved_probe_classifier(tmp_path):
+    """``medot eval linear --save-models`` writes classifiers the Classify tab's handler lists and
+    runs: probabilities over the classifier's own classes, equal to the library's."""
+    from app.classify import PredictorCache, classifier_choices, classify
+    from medot.cli import main
+    from medot.config import Settings
+    from medot.data.io import read_image
+    from medot.methods.optiml.classifier import ProbeClassifier
+    from test_optiml_run import _write_separable
+
+    data = _write_separable(tmp_path / "sep", n_train=10)
+    home = tmp_path / "home"
+    settings = Settings(home=home, data_root=tmp_path, backbone="lite")
+    assert main(["eval", "linear", "--encoder", "tiny", "--data", str(data), "--fractions", "100", "--seeds", "1",
+                 "--epochs", "10", "--image-size", "32", "--save-models", "--out", str(home / "models" / "probe"),
+                 "--quiet"]) == 0
+    choices = dict((value, label) for label, value in classifier_choices(settings))
+    saved = [path for path in choices if path.endswith("linear-100pct-seed1.safetensors")]
+    assert len(saved) == 1 and "linear-probe" in choices[saved[0]]
+    image = sorted((data / "test" / "textured").glob("*.png"))[0]
+    probabilities, view, info = classify(None, PredictorCache(None), settings, str(image), "", "lite", saved[0], "")
+    assert set(probabilities) == {"flat", "textured"}
+    expected = ProbeClassifier(saved[0]).predict_proba([read_image(image).pixels])[0]
+    assert probabilities["textured"] == pytest.approx(float(expected[1]), abs=1e-6)
+    assert "linear-probe classifier on encoder tiny" in info
