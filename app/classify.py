@@ -1,5 +1,6 @@
-"""Classify tab: an image -> class probabilities, zero-shot (typed labels) or from a trained K-MaT /
-prompt-learning checkpoint (its classes, high-end or low-end prompts)."""
+"""Classify tab: an image -> class probabilities, zero-shot (typed labels), from a trained K-MaT /
+prompt-learning checkpoint (its classes, high-end or low-end prompts), or from a linear-probe /
+fine-tuned classifier saved by ``medot eval ... --save-models`` (its classes)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from medot.config import Settings
 from medot.data.examples import example_images
 from medot.methods.kmat.predictor import PromptPredictor, load_kmat_predictor
 from medot.methods.kmat.runner import TRAINED_METHODS
+from medot.methods.optiml.classifier import CLASSIFIER_METHODS, ProbeClassifier
 from medot.methods.pradot.data import view_image
 from medot.zeroshot import parse_labels, zero_shot_probabilities
 
@@ -32,9 +34,20 @@ class PredictorCache:
         return self._loaded.get(path, lambda: load_kmat_predictor(path, self._backbones.get(backbone_name)),
                                 variant=backbone_name)
 
+    def get_probe(self, path: str) -> ProbeClassifier:
+        """A linear-probe / fine-tuned classifier (its own encoder: no shared backbone)."""
+        with self._lock:
+            if path not in self._loaded:
+                self._loaded[path] = ProbeClassifier(path)
+            return self._loaded[path]
+
 
 def classifier_choices(settings: Settings) -> list[tuple[str, str]]:
-    return [("zero-shot (the labels typed below)", ZERO_SHOT), *model_choices(settings, TRAINED_METHODS)]
+    return [
+        ("zero-shot (the labels typed below)", ZERO_SHOT),
+        *model_choices(settings, TRAINED_METHODS),
+        *model_choices(settings, CLASSIFIER_METHODS),
+    ]
 
 
 def classify(
@@ -55,6 +68,16 @@ def classify(
             backbone = backbones.get(backbone_name)
             probabilities = zero_shot_probabilities(backbone, [image], labels)[0]
             source = "zero-shot on the typed labels"
+        elif listed_model(settings, model, (*TRAINED_METHODS, *CLASSIFIER_METHODS))["method"] in CLASSIFIER_METHODS:
+            classifier = predictors.get_probe(model)
+            probabilities = classifier.predict_proba([image.pixels])[0]
+            labels = list(classifier.class_names)
+            meta = classifier.meta
+            source = (f"{meta['method']} classifier on encoder {meta['backbone']} ({meta['arch']}), "
+                      f"{meta['fraction']:g} % of the labels, seed {meta['seed']}")
+            view = (np.repeat(image.pixels[..., None], 3, axis=2) if image.pixels.ndim == 2 else image.pixels)
+            info = f"Not a clinical model unless trained on clinical data.  \nModel: {source}."
+            return dict(zip(labels, probabilities.tolist(), strict=True)), (view * 255).round().astype(np.uint8), info
         else:
             trained_on = listed_model(settings, model, TRAINED_METHODS)["backbone"]
             predictor = predictors.get(model, trained_on)
