@@ -7,7 +7,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.feedback import user_errors
-from app.models import listed_model, model_choices
+from app.models import listed_model, model_choices, refreshed
 from medot.config import Settings
 from medot.methods.kmat.runner import TRAINED_METHODS
 from medot.viz import manifold_figure
@@ -39,8 +39,11 @@ def build_manifold_tab(settings: Settings) -> list[gr.Dropdown]:
     choices = model_choices(settings, TRAINED_METHODS)
     gr.Markdown(NOTE)
     with gr.Row():
-        first = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Model")
-        second = gr.Dropdown([("none", NONE), *choices], value=NONE, label="Compare with")
+        first = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Model",
+                            allow_custom_value=True, elem_id="manifold-model")
+        second = gr.Dropdown([("none", NONE), *choices], value=NONE, label="Compare with", allow_custom_value=True,
+                             elem_id="manifold-second")
+        refresh = gr.Button("↻ Refresh models", size="sm", elem_id="manifold-refresh")
         method = gr.Radio(["tsne", "umap"], value="tsne", label="Projection")
         descriptions = gr.Checkbox(value=True, label="Show description embeddings")
     draw = gr.Button("Draw the manifold", variant="primary")
@@ -51,4 +54,10 @@ def build_manifold_tab(settings: Settings) -> list[gr.Dropdown]:
         outputs=[plot],
         api_name="manifold",
     )
+
+    def refresh_lists(current_first, current_second):
+        listed = model_choices(settings, TRAINED_METHODS)
+        return refreshed(listed, current_first), refreshed([("none", NONE), *listed], current_second)
+
+    refresh.click(refresh_lists, inputs=[first, second], outputs=[first, second], api_name="refresh_manifold_models")
     return [first, second]

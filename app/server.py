@@ -15,14 +15,14 @@ from collections.abc import Sequence
 
 import gradio as gr
 
+from app.about import build_about_tab, build_header
 from app.anomaly import build_anomaly_tab
 from app.backbones import BackboneCache
 from app.classify import build_classify_tab, classifier_choices
 from app.coupling import build_coupling_tab
 from app.manifolds import NONE, build_manifold_tab
-from app.models import model_choices
+from app.models import fill_on_load, model_choices
 from app.train import build_train_tab
-from medot import __version__
 from medot.backbones import available_backbones, resolve_auto
 from medot.config import Settings
 from medot.jobs import JobManager
@@ -42,14 +42,8 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
     default = resolve_auto(settings.backbone)
     if default not in choices:
         choices.append(default)
-    unavailable = "; ".join(f"{s.name}: {s.detail}" for s in statuses if not s.available)
     with gr.Blocks(title="medot") as demo:
-        gr.Markdown(
-            f"# medot {__version__}\nOptimal-transport methods for medical imaging on frozen "
-            f"vision-language backbones. Default backbone: **{default}**"
-            + (" (not a clinical model)." if default == "lite" else ".")
-            + (f"\n\nUnavailable here: {unavailable}" if unavailable else "")
-        )
+        build_header(default, statuses)
         with gr.Tab("Classify"):
             classify_model = build_classify_tab(backbones, settings, choices, default)
         with gr.Tab("Prompt manifolds"):
@@ -58,19 +52,19 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
             coupling_model = build_coupling_tab(settings)
         with gr.Tab("Anomaly localisation"):
             anomaly_model = build_anomaly_tab(backbones, settings)
+        prompt_models = lambda: model_choices(settings, TRAINED_METHODS)  # noqa: E731
+        model_lists = [
+            (classify_model, lambda: classifier_choices(settings)),
+            (manifold_first, prompt_models),
+            (manifold_second, lambda: [("none", NONE), *prompt_models()]),
+            (coupling_model, prompt_models),
+            (anomaly_model, lambda: model_choices(settings, (PRADOT,))),
+        ]
         with gr.Tab("Train"):
-            prompt_models = lambda: model_choices(settings, TRAINED_METHODS)  # noqa: E731
-            build_train_tab(
-                jobs,
-                settings,
-                [
-                    (classify_model, lambda: classifier_choices(settings)),
-                    (manifold_first, prompt_models),
-                    (manifold_second, lambda: [("none", NONE), *prompt_models()]),
-                    (coupling_model, prompt_models),
-                    (anomaly_model, lambda: model_choices(settings, (PRADOT,))),
-                ],
-            )
+            build_train_tab(jobs, settings, model_lists)
+        with gr.Tab("About"):
+            build_about_tab()
+        fill_on_load(demo, model_lists)
     return demo
 
 

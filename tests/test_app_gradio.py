@@ -76,7 +76,7 @@ def _example(name: str) -> Path:
 
 
 def _classify(client: Client, path: Path):
-    return client.predict(handle_file(str(path)), LABELS, "lite", "zero-shot", "high-end prompts (w_H)",
+    return client.predict(handle_file(str(path)), LABELS, "lite", "zero-shot", "high",
                           api_name="/classify")
 
 
