@@ -17,6 +17,7 @@ from app.backbones import BackboneCache, describe
 from app.examples import build_example_gallery
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
 from app.models import listed_model, model_choices, refreshed
+from app.viewer import DEIDENTIFY, build_viewer, chosen_image
 from medot.config import Settings
 from medot.data.modality import display_name, match_modality
 from medot.eval.evidence import prediction_evidence
@@ -91,10 +92,13 @@ def classify(
     backbone_name: str,
     model: str,
     modality: str,
+    preset: str | None = None,
+    frame: float | None = None,
 ):
     """Returns (probabilities for gr.Label, the backbone's view of the image, evidence and backbone
-    lines)."""
-    image = read_upload(file_path)
+    lines). ``preset`` / ``frame``: the viewer's window and frame (default: the file's own window,
+    the middle frame)."""
+    image = chosen_image(file_path, preset, frame)
     side = modality if modality in SIDES else "high"
     with user_errors():
         if model in (None, "", ZERO_SHOT):
@@ -128,6 +132,7 @@ def build_classify_tab(
     with gr.Row():
         with gr.Column():
             upload = gr.File(label=f"Image ({UPLOAD_KINDS})", type="filepath", elem_id="classify-upload")
+            gr.Markdown(DEIDENTIFY)
             build_example_gallery(upload)
             with gr.Row():
                 model = gr.Dropdown(classifier_choices(settings), value=ZERO_SHOT, label="Model", scale=4,
@@ -143,9 +148,10 @@ def build_classify_tab(
                                      show_heading=False, elem_id="probabilities")
             info = gr.Markdown(elem_id="classify-info")
             preview = gr.Image(label="What the backbone sees (resized, centre-cropped)", type="numpy", interactive=False)
+    preset, frame = build_viewer(upload)
     run.click(
         lambda *inputs: classify(backbones, predictors, settings, *inputs),
-        inputs=[upload, labels, backbone, model, modality],
+        inputs=[upload, labels, backbone, model, modality, preset, frame],
         outputs=[probabilities, preview, info],
         api_name="classify",
     )

@@ -23,13 +23,13 @@ def user_errors() -> Iterator[None]:
         raise gr.Error(str(error), print_exception=False) from None
 
 
-def read_upload(path: str | None) -> MedicalImage:
+def read_upload(path: str | None, frame: int | None = None, window: tuple[float, float] | None = None) -> MedicalImage:
     """The uploaded file, checked by :func:`validate_upload` (size, magic bytes, header) before its
-    pixels are decoded."""
+    pixels are decoded; ``frame`` and ``window`` as in :func:`medot.data.io.read_image`."""
     if not path:
         raise gr.Error(f"Upload an image first ({UPLOAD_KINDS}) or pick an example.", print_exception=False)
     name = Path(path).name
     with user_errors():
         data = Path(path).read_bytes()
         validate_upload(data, name)
-        return read_image(data, name=name)
+        return read_image(data, name=name, frame=frame, window=window)

@@ -124,3 +124,48 @@ def test_modality_radio_names_the_models_modalities_and_follows_the_dicom_tag(li
     assert radio["choices"] == [("CT", "high"), ("X-ray", "low")] and radio["value"] == "low"
     assert shown_inputs(settings, model, _dicom_with_modality(tmp_path / "b.dcm", "CT"), "low")[2]["value"] == "high"
     assert shown_inputs(settings, model, _dicom_with_modality(tmp_path / "c.dcm", "MR"), "low")[2]["value"] == "low"
+
+
+def test_dicom_viewer_shows_the_full_image_its_metadata_presets_and_frames(live, tmp_path):
+    import numpy as np
+    from gradio_client import handle_file
+    from PIL import Image
+
+    from medot.data.io import read_image
+    from medot.data.windows import CT_PRESETS
+    from test_dicom_view import write_multiframe_ct
+
+    _, client = live
+    path = write_multiframe_ct(tmp_path / "multi.dcm")
+    full, table, presets, frame = client.predict(handle_file(str(path)), "file's own", 0, api_name="/view_upload")
+    assert np.asarray(Image.open(full)).shape[:2] == (128, 128)  # the whole file, not the 224-px crop
+    assert "| Modality | CT |" in table and "| Rescale (slope, intercept) | 1, -1024 |" in table
+    assert "| Frame | 2 of 3 |" in table
+    assert [choice[1] for choice in presets["choices"]] == ["file's own", "lung", "mediastinum", "bone"]
+    assert (frame["visible"], frame["maximum"], frame["value"]) == (True, 2, 1)
+    full, table, _, _ = client.predict(handle_file(str(path)), "lung", 2, api_name="/view_window")
+    expected = read_image(path, frame=2, window=CT_PRESETS["lung"]).pixels
+    shown = np.asarray(Image.open(full).convert("L"), dtype=np.float64) / 255
+    np.testing.assert_allclose(shown, expected, atol=1 / 255 + 1e-6)
+    assert "| Window applied (centre / width) | -600 / 1500 (chosen) |" in table and "| Frame | 3 of 3 |" in table
+
+
+def test_classify_reads_the_frame_and_window_chosen_in_the_viewer(live, tmp_path):
+    from gradio_client import handle_file
+
+    from medot.backbones import create_backbone
+    from medot.data.io import read_image
+    from medot.data.windows import CT_PRESETS
+    from medot.zeroshot import zero_shot_probabilities
+    from test_dicom_view import write_multiframe_ct
+
+    _, client = live
+    path = write_multiframe_ct(tmp_path / "multi.dcm")
+    labels = ["normal lung", "nodule", "bone"]
+    label, _, _ = client.predict(handle_file(str(path)), ", ".join(labels), "lite", "zero-shot", "high", "bone", 0,
+                                 api_name="/classify")
+    image = read_image(path, frame=0, window=CT_PRESETS["bone"])
+    expected = zero_shot_probabilities(create_backbone("lite", device="cpu"), [image], labels)[0].tolist()
+    confidences = {item["label"]: item["confidence"] for item in label["confidences"]}
+    for name, probability in zip(labels, expected, strict=True):
+        assert confidences[name] == pytest.approx(probability, abs=1e-4)
