@@ -3,7 +3,9 @@ add other backbones in a collapsed accordion) and the About tab (the four papers
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import gradio as gr
 
@@ -43,10 +45,13 @@ def backbone_line(default: str, statuses: Sequence[BackboneStatus]) -> str:
     ) + (f" <small>({detail.splitlines()[0]})</small>" if detail and not clinical else "")
 
 
-def build_header(default: str, statuses: Sequence[BackboneStatus]) -> None:
-    """The top of every page: title, description, intended use, backbone; download recipes folded."""
+def build_header(default: str, statuses: Sequence[BackboneStatus], home: Path | None = None) -> None:
+    """The top of every page: title, description, intended use, backbone, a storage warning on a
+    Space without persistent storage; download recipes folded."""
+    notice = storage_notice(home) if home is not None else None
     gr.Markdown(
-        f"# medot {__version__}\n{DESCRIPTION}\n\n{INTENDED_USE}\n\n{backbone_line(default, statuses)}",
+        f"# medot {__version__}\n{DESCRIPTION}\n\n{INTENDED_USE}\n\n{backbone_line(default, statuses)}"
+        + (f"\n\n{notice}" if notice else ""),
         elem_id="medot-header",
     )
     unavailable = [s for s in statuses if not s.available]
@@ -63,4 +68,28 @@ def build_about_tab() -> None:
         "de-identified images.\n\n### The papers medot implements\n\n"
         f"| method | paper | in medot |\n|---|---|---|\n{rows}\n",
         elem_id="about",
+    )
+
+
+PERSISTENT_MOUNT = Path("/data")
+
+
+def storage_notice(settings_home: Path, environ: Mapping[str, str] | None = None) -> str | None:
+    """A warning on a Hugging Face Space (``SPACE_ID`` set) whose ``MEDOT_HOME`` is not on the
+    persistent disk (mounted at ``/data`` when the Space has persistent storage): jobs, imported
+    datasets and trained models then vanish when the container restarts. ``None`` elsewhere."""
+    environ = os.environ if environ is None else environ
+    if not environ.get("SPACE_ID"):
+        return None
+    home = Path(settings_home)
+    if PERSISTENT_MOUNT in home.parents or home == PERSISTENT_MOUNT:
+        if PERSISTENT_MOUNT.is_dir():
+            return None
+        return (f"**Storage:** MEDOT_HOME is {home}, but {PERSISTENT_MOUNT} is not mounted: turn on the Space's "
+                "persistent storage, or jobs and models vanish when the Space restarts.")
+    return (
+        "**Storage: this Hugging Face Space keeps nothing.** Jobs, imported datasets and trained models live in "
+        f"{home}, inside the container, and vanish when the Space restarts or sleeps. To keep them, turn on "
+        f"persistent storage and set MEDOT_HOME={PERSISTENT_MOUNT}/medot (docs/space.md); to train for yourself, "
+        "run the app locally (`python app.py --share` gives others a temporary link)."
     )

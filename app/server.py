@@ -43,7 +43,7 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
     if default not in choices:
         choices.append(default)
     with gr.Blocks(title="medot") as demo:
-        build_header(default, statuses)
+        build_header(default, statuses, settings.home)
         with gr.Tab("Classify"):
             classify_model = build_classify_tab(backbones, settings, choices, default)
         with gr.Tab("Prompt manifolds"):
@@ -81,6 +81,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default 2)")
     parser.add_argument("--max-jobs", type=int, default=1, help="training jobs run at once; others wait queued (default 1)")
     parser.add_argument("--max-upload", default=MAX_UPLOAD, help=f"largest accepted upload (default {MAX_UPLOAD})")
+    parser.add_argument("--share", action="store_true",
+                        help="also serve through a temporary public gradio.live link (for local users; see docs/space.md)")
     return parser.parse_args(argv)
 
 
@@ -92,4 +94,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = Settings(home=settings.home, data_root=settings.data_root, backbone=args.backbone)
     demo = build_app(settings, device=args.device, max_parallel_jobs=args.max_jobs)
     demo.queue(default_concurrency_limit=args.concurrency)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload, show_error=True)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload, show_error=True,
+                share=args.share)

@@ -3,25 +3,47 @@
 
 Jobs live in the SQLite registry under ``$MEDOT_HOME``, so they outlive the app: a job that was
 running when the app died shows as interrupted and can be resumed. Finished models appear in the
-other tabs' model lists (refreshed by the same timer)."""
+other tabs' model lists (refreshed by the same timer).
+
+The form shows only the fields the chosen method takes (the K-MaT variant list holds the
+prompt-learning baselines), offers only the backbones available here, and takes a zipped dataset
+into the data root (:func:`medot.data.archive.import_dataset_zip`). A finished job gets a result
+card (:func:`medot.eval.evidence.result_rows`: test metrics beside their chance level, the model
+path); a job whose training ended but whose process still runs shows as evaluating."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Callable, Sequence
 
 import gradio as gr
 import plotly.graph_objects as go
 
+from app.about import storage_notice
 from app.feedback import user_errors
 from app.models import model_roots
-from medot.checkpoint import list_checkpoints
+from medot.backbones import available_backbones
+from medot.checkpoint import checkpoint_paths, list_checkpoints
 from medot.config import Settings
+from medot.data.archive import import_dataset_zip
+from medot.eval.evidence import result_rows
 from medot.jobs import SYNTHETIC, JobManager, JobRecord
+from medot.methods.pradot.config import PradotConfig
 
 POLL_SECONDS = 2.0
 JOB_COLUMNS = ["job", "method", "status", "epoch", "loss", "dataset", "created", "model / error"]
 ModelRefresher = tuple[gr.Dropdown, Callable[[], list[tuple[str, str]]]]
+#: what Resume does, per method: K-MaT continues from its saved state; PRADOT keeps none
+RESUME_NOTES = {
+    "kmat": "Resume continues it from its last saved epoch (model and optimiser state).",
+    "pradot": "Resume re-runs it from the start with the same settings: PRADOT keeps no optimiser state.",
+}
+#: events after which a still-running job is evaluating its model on the test set
+TRAINING_ENDED = ("done", "early_stop")
+#: form field -> job argument name (the K-MaT variant is the ``method`` argument of `medot train kmat`)
+FIELD_ARGUMENTS = {"shots": "shots", "lambda_anc": "lambda_anc", "lambda_fgw": "lambda_fgw", "variant": "method",
+                   "n_prototypes": "n_prototypes"}
 
 
 def trainable_methods(manager: JobManager) -> list[str]:
@@ -37,7 +59,8 @@ def dataset_choices(settings: Settings) -> list[str]:
 
 
 def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, shots: float, epochs: float,
-               seed: float, lambda_anc: float, lambda_fgw: float, backbone: str) -> str:
+               seed: float, lambda_anc: float, lambda_fgw: float, backbone: str, variant: str | None = None,
+               n_prototypes: float | None = None) -> str:
     """Queue a job; returns a status line. Arguments a method's job does not accept are left out."""
     if method not in manager.methods:
         raise gr.Error(f"Choose a training method: {', '.join(manager.methods)}.", print_exception=False)
@@ -50,13 +73,22 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
         "lambda_anc": lambda_anc,
         "lambda_fgw": lambda_fgw,
         "backbone": backbone,
+        "method": variant or None,
+        "n_prototypes": n_prototypes,
     }
     arguments = {name: value for name, value in wanted.items() if name in accepted and value is not None}
     with user_errors():
         job_id = manager.submit(method, arguments)
-    left_out = sorted(set(wanted) - set(accepted))
-    note = f" ({', '.join(left_out)}: not taken by {method} jobs, its defaults apply)" if left_out else ""
-    return f"Job {job_id} ({method}) queued{note}."
+    return f"Job {job_id} ({method}) queued."
+
+
+def job_phase(manager: JobManager, job: JobRecord) -> str:
+    """The job's status, ``evaluating`` for a running job whose training has ended."""
+    if job.status == "running":
+        events = manager.progress(job.id)
+        if events and events[-1].kind in TRAINING_ENDED:
+            return "evaluating"
+    return job.status
 
 
 def job_rows(manager: JobManager) -> list[list]:
@@ -65,7 +97,7 @@ def job_rows(manager: JobManager) -> list[list]:
         epoch = "" if job.epoch is None else f"{job.epoch}/{job.total_epochs or '?'}"
         loss = "" if job.loss is None else f"{job.loss:.4f}"
         outcome = str(job.checkpoint_path or "") or (job.error or "").split("\n")[0]
-        rows.append([job.id, job.method, job.status, epoch, loss, str(job.arguments.get("dataset", "")),
+        rows.append([job.id, job.method, job_phase(manager, job), epoch, loss, str(job.arguments.get("dataset", "")),
                      job.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"), outcome])
     return rows
 
@@ -78,16 +110,37 @@ def job_detail(manager: JobManager, job_id: int | None) -> tuple[str, str, go.Fi
         job = manager.get(int(job_id))
         events = manager.progress(job.id)
         log = manager.log_tail(job.id, 40)
-    status = f"**Job {job.id}** ({job.method}): **{job.status}**"
+    phase = job_phase(manager, job)
+    status = f"**Job {job.id}** ({job.method}): **{phase}**"
     if job.epoch is not None:
         status += f", epoch {job.epoch}/{job.total_epochs or '?'}"
-    if job.checkpoint_path:
-        status += f"; model: `{job.checkpoint_path}`"
+    if phase == "evaluating":
+        status += " - training has ended; the model is being evaluated on the test images"
     if job.error:
         status += f"  \n{job.error.splitlines()[0]}"
     if job.status in ("interrupted", "cancelled", "failed"):
-        status += "  \nResume continues it from its last saved state."
+        status += "  \n" + RESUME_NOTES.get(job.method, "Resume re-runs it with the same settings.")
+    if job.status == "done" and job.checkpoint_path:
+        status += "\n\n" + result_card(job)
     return status, log, loss_curve(job, events)
+
+
+def result_card(job: JobRecord) -> str:
+    """Markdown card of a finished job: its test metrics beside their chance level, and the model."""
+    try:
+        meta = json.loads(checkpoint_paths(job.checkpoint_path)[1].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"**Model:** `{job.checkpoint_path}` (its metadata cannot be read)"
+    rows = result_rows(meta)
+    lines = [f"### Result of job {job.id}: {meta.get('method', job.method)}"
+             + (f" on {meta['task']}" if meta.get("task") else "")]
+    if rows:
+        lines += ["| test metric | value | chance level |", "|---|---|---|"]
+        lines += [f"| {r.metric} | {r.value:.3f} | {'' if r.chance is None else f'{r.chance:.3f}'} |" for r in rows]
+    else:
+        lines.append("This model records no test metrics.")
+    lines.append(f"\n**Model:** `{job.checkpoint_path}` - listed in the other tabs' model lists.")
+    return "\n".join(lines)
 
 
 def loss_curve(job: JobRecord, events: Sequence) -> go.Figure | None:
@@ -116,38 +169,88 @@ def resume_job(manager: JobManager, job_id: int | None) -> str:
     return f"Job {job.id} is {job.status} again (resuming)."
 
 
+def backbone_choices(manager: JobManager) -> list[str]:
+    """``auto`` and the backbones a job can load here (an unavailable one is not offered)."""
+    accepted = set(next(iter(manager.methods.values()))["backbone"].choices) if manager.methods else set()
+    return ["auto", *[s.name for s in available_backbones() if s.available and s.name in accepted]]
+
+
+def shown_fields(manager: JobManager, method: str | None) -> list:
+    """Visibility updates of the method-specific fields (:data:`FIELD_ARGUMENTS` order)."""
+    accepted = manager.methods.get(method or "", {})
+    return [gr.update(visible=argument in accepted) for argument in FIELD_ARGUMENTS.values()]
+
+
+def import_dataset(settings: Settings, archive: str | None, name: str):
+    """Unpack an uploaded zip into the data root; returns (message, dataset dropdown update)."""
+    if not archive:
+        raise gr.Error("Upload a .zip of the dataset folder first.", print_exception=False)
+    with user_errors():
+        folder, layout = import_dataset_zip(archive, settings.data_root, name.strip() or None)
+    relative = str(folder.relative_to(settings.data_root))
+    message = (f"Imported `{relative}` ({layout.kind.replace('_', ' ')}: {', '.join(layout.names)}) into the data "
+               "root; it is selected as the dataset.")
+    return message, gr.update(choices=dataset_choices(settings), value=relative)
+
+
 def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Sequence[ModelRefresher]) -> None:
     methods = trainable_methods(manager)
+    kmat_variants = list(manager.methods["kmat"]["method"].choices) if "kmat" in manager.methods else []
+    first = manager.methods.get(methods[0], {}) if methods else {}
+    takes = {field: argument in first for field, argument in FIELD_ARGUMENTS.items()}
+    notice = storage_notice(settings.home)
     gr.Markdown(
         f"Jobs run `medot train <method>` in a worker process and are kept in `{manager.registry.path}`. "
         f"Datasets: the synthetic demo set or a folder under the data root `{settings.data_root}`."
+        + (f"\n\n{notice}" if notice else ""),
+        elem_id="train-intro",
     )
     with gr.Row():
-        with gr.Column():
-            method = gr.Dropdown(methods, value=methods[0] if methods else None, label="Method")
-            dataset = gr.Dropdown(dataset_choices(settings), value=SYNTHETIC, label="Dataset", allow_custom_value=False)
+        with gr.Column(scale=2):
+            method = gr.Dropdown(methods, value=methods[0] if methods else None, label="Method", elem_id="train-method")
+            variant = gr.Dropdown(kmat_variants, value=kmat_variants[0] if kmat_variants else None,
+                                  label="Variant: K-MaT or a prompt-learning baseline", elem_id="train-variant",
+                                  visible=takes["variant"])
+            dataset = gr.Dropdown(dataset_choices(settings), value=SYNTHETIC, label="Dataset", allow_custom_value=True)
             typed_path = gr.Textbox(label="…or a folder path under the data root", placeholder=str(settings.data_root))
+            with gr.Accordion("Upload a zipped dataset into the data root", open=False):
+                archive = gr.File(label="Dataset (.zip of class folders, MVTec or MVFA layout)", file_types=[".zip"],
+                                  type="filepath")
+                archive_name = gr.Textbox(label="Folder name in the data root (default: the zip's name)")
+                unpack = gr.Button("Import the dataset")
+                imported = gr.Markdown()
             with gr.Row():
-                shots = gr.Number(4, label="Shots per class", precision=0, minimum=1)
+                shots = gr.Number(4, label="Shots per class", precision=0, minimum=1, elem_id="train-shots",
+                                  visible=takes["shots"])
                 epochs = gr.Number(10, label="Epochs", precision=0, minimum=1)
                 seed = gr.Number(1, label="Seed", precision=0, minimum=0)
             with gr.Row():
-                lambda_anc = gr.Number(1.0, label="λ_anc (K-MaT)", minimum=0)
-                lambda_fgw = gr.Number(1.0, label="λ_fgw (K-MaT)", minimum=0)
-                backbone = gr.Dropdown(["auto", "lite", "biomedclip"], value="auto", label="Backbone")
+                lambda_anc = gr.Number(1.0, label="λ_anc (anchor loss weight)", minimum=0, elem_id="train-lambda-anc",
+                                       visible=takes["lambda_anc"])
+                lambda_fgw = gr.Number(1.0, label="λ_fgw (FGW loss weight)", minimum=0, elem_id="train-lambda-fgw",
+                                       visible=takes["lambda_fgw"])
+                n_prototypes = gr.Number(PradotConfig.n_prototypes, label="Prototypes per cell", precision=0,
+                                         minimum=1, elem_id="train-prototypes", visible=takes["n_prototypes"])
+                choices = backbone_choices(manager)
+                backbone = gr.Dropdown(choices, value="auto", label="Backbone")
             launch = gr.Button("Launch training job", variant="primary")
             launched = gr.Markdown()
-        with gr.Column():
-            jobs = gr.Dataframe(job_rows(manager), headers=JOB_COLUMNS, label="Jobs", interactive=False)
+        with gr.Column(scale=3):
+            jobs = gr.Dataframe(job_rows(manager), headers=JOB_COLUMNS, label="Jobs", interactive=False, wrap=True,
+                                column_widths=["6%", "9%", "11%", "8%", "9%", "12%", "15%", "30%"], elem_id="jobs")
             job = gr.Dropdown([record.id for record in manager.list_jobs()], label="Job", value=None,
                               allow_custom_value=True)
             with gr.Row():
                 cancel = gr.Button("Cancel job", variant="stop")
                 resume = gr.Button("Resume job")
                 refresh = gr.Button("Refresh")
-            status = gr.Markdown()
+            status = gr.Markdown(elem_id="job-status")
             curve = gr.Plot(label="Loss")
             log = gr.Code(label="Log (last lines)", language=None, lines=10)
+    fields = [shots, lambda_anc, lambda_fgw, variant, n_prototypes]
+    method.change(lambda m: shown_fields(manager, m), inputs=[method], outputs=fields, api_name=False)
+    unpack.click(lambda a, n: import_dataset(settings, a, n), inputs=[archive, archive_name],
+                 outputs=[imported, dataset], api_name="import_dataset")
     known_models = gr.State(None)
 
     def job_ids() -> gr.Dropdown:
@@ -165,13 +268,16 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
     watch_outputs = [jobs, job, status, log, curve, known_models, *[dropdown for dropdown, _ in model_dropdowns]]
     launch.click(
         lambda *form: submit_job(manager, *form),
-        inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone],
+        inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes],
         outputs=[launched],
         api_name="submit_job",
     )
-    cancel.click(lambda j: stop_job(manager, j), inputs=[job], outputs=[launched], api_name="cancel_job")
+    cancel.click(  # say so at once: a running job takes up to cancel_grace_s to save its state and stop
+        lambda j: "" if j is None else f"Cancelling job {j}: asking it to save its state and stop "
+        f"(up to {manager.cancel_grace_s:g} s)…", inputs=[job], outputs=[launched], queue=False, api_name=False,
+    ).then(lambda j: stop_job(manager, j), inputs=[job], outputs=[launched], api_name="cancel_job")
     resume.click(lambda j: resume_job(manager, j), inputs=[job], outputs=[launched], api_name="resume_job")
     refresh.click(lambda: job_rows(manager), outputs=[jobs], api_name="jobs")
-    job.change(lambda j: job_detail(manager, j), inputs=[job], outputs=[status, log, curve], api_name=False)
+    job.change(lambda j: job_detail(manager, j), inputs=[job], outputs=[status, log, curve], api_name="job_detail")
     gr.Timer(POLL_SECONDS).tick(tick, inputs=[job, known_models], outputs=watch_outputs, api_name=False,
                                 show_progress="hidden")

@@ -120,6 +120,8 @@ def test_classify_with_the_trained_model_matches_its_predictor_on_the_low_end(vi
 def _points_per_class(figure: dict) -> dict[str, int]:
     counts: dict[str, int] = {}
     for trace in figure["data"]:
+        if trace.get("meta") != "points":  # legend entries and prompt -> anchor links hold no point
+            continue
         name = trace["name"].split(" · ")[0]
         hover = trace["hovertext"]
         assert all(f"class: {name}<br>" in text for text in hover), (name, hover)
@@ -137,12 +139,14 @@ def test_manifold_draws_every_prompt_anchor_and_description(views, method, shown
     described = tensors["description_embeddings"].shape[0] if descriptions else 0
     assert sum(counts.values()) == 2 * len(classes) + 2 * len(classes) + described  # w_H, w_L, anchors, descriptions
     assert shown_as in figure["layout"]["title"]["text"]
+    (links,) = [t for t in figure["data"] if t.get("meta") == "links"]
+    assert len(_array(links["x"])) == 3 * 2 * len(classes)  # one prompt -> anchor segment per class and modality
 
 
 def test_manifold_compares_two_checkpoints_side_by_side(views):
     figure = _figure(views.client.predict(views.trained, views.stored, "tsne", True, api_name="/manifold"))
     panels: dict[str, int] = {}
-    for trace in figure["data"]:
+    for trace in (t for t in figure["data"] if t.get("meta") == "points"):
         panels[trace.get("xaxis", "x")] = panels.get(trace.get("xaxis", "x"), 0) + len(trace["hovertext"])
     (trained_classes, trained, _), (_, stored, _) = _stored(views.trained), _stored(views.stored)
     expected = [4 * len(trained_classes) + trained["description_embeddings"].shape[0],

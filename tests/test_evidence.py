@@ -60,3 +60,17 @@ def test_evidence_without_a_mismatch_and_for_zero_shot():
     assert "records no held-out test figures" in "\n".join(unmeasured.lines())
     with pytest.raises(ValueError, match="one probability per label"):
         prediction_evidence(["a"], [0.5, 0.5])
+
+
+def test_result_rows_of_a_prompt_classifier_and_of_an_anomaly_detector():
+    from medot.eval.evidence import result_rows
+
+    rows = [(r.metric, r.value, r.chance) for r in result_rows(META)]
+    assert rows == [("accuracy, Mammography", 0.8125, 0.5), ("macro-F1, Mammography", 0.8, 0.5),
+                    ("accuracy, Ultrasound", 0.625, 0.5), ("macro-F1, Ultrasound", 0.5714, 0.5)]
+    pradot = {"metrics": {"class": "bottle", "image_auroc": 0.9, "pixel_auroc": None, "au_pro@0.3": 0.6,
+                          "au_pro@0.05": 0.2, "ms_per_image": 12.0}}
+    rows = [(r.metric, r.value, r.chance) for r in result_rows(pradot)]
+    assert rows == [("image AUROC", 0.9, 0.5), ("AU-PRO up to FPR 0.3", 0.6, 0.15),
+                    ("AU-PRO up to FPR 0.05", 0.2, 0.025)]
+    assert result_rows({}) == []

@@ -164,3 +164,42 @@ def prediction_evidence(
         trained=meta is not None,
         warning=warning,
     )
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One line of a training result card: a test metric (fraction), and what chance would score."""
+
+    metric: str
+    value: float
+    chance: float | None
+
+
+#: anomaly metrics written by ``medot train pradot``: name -> (words, chance level). A random map
+#: or score has AUROC 1/2; its per-region overlap at false-positive rate f is f, so the normalised
+#: area up to limit L is (1/L) ∫_0^L f df = L/2.
+_ANOMALY_METRICS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC"}
+
+
+def result_rows(meta: Mapping[str, Any]) -> list[ResultRow]:
+    """The test metrics a checkpoint records, with their chance levels: accuracy / macro-F1 per
+    modality for prompt classifiers (chance 1/C; for macro-F1, that of uniform guessing on
+    balanced classes), AUROC (1/2) and AU-PRO up to limit L (L/2) for anomaly detectors."""
+    metrics = meta.get("metrics") or {}
+    rows: list[ResultRow] = []
+    classes = meta.get("class_names") or []
+    modalities = meta.get("modalities") or {}
+    for side in SIDES:
+        for key, words in (("acc", "accuracy"), ("f1", "macro-F1")):
+            value = metrics.get(f"{key}_{_SUFFIX[side]}")
+            if value is not None:
+                modality = display_name(str(modalities.get(side, side)))
+                rows.append(ResultRow(f"{words}, {modality}", float(value), chance_level(len(classes)) if classes else None))
+    for key, words in _ANOMALY_METRICS.items():
+        if metrics.get(key) is not None:
+            rows.append(ResultRow(words, float(metrics[key]), 0.5))
+    for key, value in metrics.items():
+        if key.startswith("au_pro@") and value is not None:
+            limit = float(key.split("@", 1)[1])
+            rows.append(ResultRow(f"AU-PRO up to FPR {limit:g}", float(value), limit / 2))
+    return rows
