@@ -8,15 +8,13 @@ Only the inputs the chosen model uses are shown: labels and backbone for zero-sh
 
 from __future__ import annotations
 
-import threading
-
 import gradio as gr
 import numpy as np
 
 from app.backbones import BackboneCache, describe
 from app.examples import build_example_gallery
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
-from app.models import listed_model, model_choices, refreshed
+from app.models import ModelCache, listed_model, model_choices, refreshed
 from app.viewer import DEIDENTIFY, build_viewer, chosen_image
 from medot.config import Settings
 from medot.data.modality import display_name, match_modality
@@ -32,18 +30,15 @@ SIDES = ("high", "low")
 
 
 class PredictorCache:
-    """Trained prompt predictors, loaded once per checkpoint file and backbone."""
+    """Trained prompt predictors, loaded once per checkpoint content (:class:`ModelCache`) and backbone."""
 
     def __init__(self, backbones: BackboneCache) -> None:
         self._backbones = backbones
-        self._loaded: dict[str, PromptPredictor] = {}
-        self._lock = threading.Lock()
+        self._loaded: ModelCache[PromptPredictor] = ModelCache()
 
     def get(self, path: str, backbone_name: str) -> PromptPredictor:
-        with self._lock:
-            if path not in self._loaded:
-                self._loaded[path] = load_kmat_predictor(path, self._backbones.get(backbone_name))
-            return self._loaded[path]
+        return self._loaded.get(path, lambda: load_kmat_predictor(path, self._backbones.get(backbone_name)),
+                                variant=backbone_name)
 
 
 def classifier_choices(settings: Settings) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 from collections.abc import Callable, Sequence
 
 import gradio as gr
@@ -28,8 +29,8 @@ from medot.checkpoint import checkpoint_paths, list_checkpoints
 from medot.config import Settings
 from medot.data.archive import import_dataset_zip
 from medot.eval.evidence import result_rows
-from medot.jobs import SYNTHETIC, JobManager, JobRecord
-from medot.methods.pradot.config import PradotConfig
+from medot.jobs import SYNTHETIC, JobError, JobManager, JobRecord
+from medot.jobs.arguments import KMAT_PAPER_TASKS
 
 POLL_SECONDS = 2.0
 JOB_COLUMNS = ["job", "method", "status", "epoch", "loss", "dataset", "created", "model / error"]
@@ -43,7 +44,7 @@ RESUME_NOTES = {
 TRAINING_ENDED = ("done", "early_stop")
 #: form field -> job argument name (the K-MaT variant is the ``method`` argument of `medot train kmat`)
 FIELD_ARGUMENTS = {"shots": "shots", "lambda_anc": "lambda_anc", "lambda_fgw": "lambda_fgw", "variant": "method",
-                   "n_prototypes": "n_prototypes"}
+                   "n_prototypes": "n_prototypes", "backbone": "backbone"}
 
 
 def trainable_methods(manager: JobManager) -> list[str]:
@@ -51,9 +52,14 @@ def trainable_methods(manager: JobManager) -> list[str]:
     return [m for m in manager.methods if importlib.util.find_spec(f"medot.methods.{m}") is not None]
 
 
-def dataset_choices(settings: Settings) -> list[str]:
-    """The synthetic demo set, then the folders under the data root (two levels deep)."""
+def dataset_choices(settings: Settings, method: str | None = None) -> list[str]:
+    """What a ``method`` job can train on: the synthetic demo set, then for K-MaT the paper tasks and
+    the task JSON files under the data root (two levels deep), for the others the folders there."""
     root = settings.data_root
+    if method == "kmat":
+        files = sorted(str(p.relative_to(root)) for p in [*root.glob("*.json"), *root.glob("*/*.json")]
+                       if p.is_file()) if root.is_dir() else []
+        return [SYNTHETIC, *KMAT_PAPER_TASKS, *files]
     folders = sorted(str(p.relative_to(root)) for p in [*root.glob("*/"), *root.glob("*/*/")] if p.is_dir()) if root.is_dir() else []
     return [SYNTHETIC, *folders]
 
@@ -74,7 +80,7 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
         "lambda_fgw": lambda_fgw,
         "backbone": backbone,
         "method": variant or None,
-        "n_prototypes": n_prototypes,
+        "n_prototypes": n_prototypes or None,  # 0 or empty: the method's preset decides
     }
     arguments = {name: value for name, value in wanted.items() if name in accepted and value is not None}
     with user_errors():
@@ -89,6 +95,44 @@ def job_phase(manager: JobManager, job: JobRecord) -> str:
         if events and events[-1].kind in TRAINING_ENDED:
             return "evaluating"
     return job.status
+
+
+class SessionJobs:
+    """At most ``limit`` queued or running jobs per session (the login name when the app has one,
+    else Gradio's session): who launched what is kept only while those jobs are active."""
+
+    def __init__(self, manager: JobManager, limit: int) -> None:
+        self.manager, self.limit = manager, limit
+        self._jobs: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, owner: str, submit: Callable[[], str]) -> str:
+        with self._lock:
+            active = {job for job in self._jobs.get(owner, set()) if self._active(job)}
+            if len(active) >= self.limit:
+                raise gr.Error(
+                    f"You already have {len(active)} job(s) queued or running ({', '.join(map(str, sorted(active)))}), "
+                    f"the most one session may have ({self.limit}); wait for one to finish or cancel one.",
+                    print_exception=False,
+                )
+            status = submit()
+            active.add(int(status.split()[1]))
+            self._jobs[owner] = active
+            for other in [key for key, jobs in self._jobs.items() if not jobs]:
+                del self._jobs[other]
+            return status
+
+    def _active(self, job_id: int) -> bool:
+        try:
+            return self.manager.registry.get(job_id).status in ("queued", "running")
+        except JobError:
+            return False
+
+
+def session_owner(request: gr.Request | None) -> str:
+    if request is None:
+        return ""
+    return f"user:{request.username}" if getattr(request, "username", None) else f"session:{request.session_hash}"
 
 
 def job_rows(manager: JobManager) -> list[list]:
@@ -122,6 +166,8 @@ def job_detail(manager: JobManager, job_id: int | None) -> tuple[str, str, go.Fi
         status += "  \n" + RESUME_NOTES.get(job.method, "Resume re-runs it with the same settings.")
     if job.status == "done" and job.checkpoint_path:
         status += "\n\n" + result_card(job)
+    if job.status == "running":
+        status += live_progress(events)
     return status, log, loss_curve(job, events)
 
 
@@ -141,6 +187,33 @@ def result_card(job: JobRecord) -> str:
         lines.append("This model records no test metrics.")
     lines.append(f"\n**Model:** `{job.checkpoint_path}` - listed in the other tabs' model lists.")
     return "\n".join(lines)
+
+
+def live_progress(events: Sequence) -> str:
+    """The last in-epoch progress a job reported (``progress`` / ``eta_seconds`` of its step events),
+    as a line to append to its status, or ``""``."""
+    for event in reversed(events):
+        metrics = event.metrics if isinstance(event.metrics, dict) else {}
+        if "progress" in metrics and "eta_seconds" in metrics:
+            line = f"  \n{100 * metrics['progress']:.0f} % done, about {_duration(metrics['eta_seconds'])} left"
+            return line + (f" ({event.message})" if event.message else "")
+    return ""
+
+
+def _duration(seconds: float) -> str:
+    whole = max(0, int(round(seconds)))
+    return f"{whole // 60} min {whole % 60:02d} s" if whole >= 60 else f"{whole} s"
+
+
+def pradot_preset_note() -> str:
+    """Which PRADOT settings a job gets on this machine (its ``--preset auto``)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "PRADOT jobs use the paper's settings (a CUDA GPU is present)."
+    return ("No GPU here: PRADOT jobs use the **CPU preset** (one layer, 4 prototypes per cell, bounded OT "
+            "batches, 10 epochs unless set), which trains in minutes; `medot train pradot --preset paper` runs "
+            "the authors' full setting.")
 
 
 def loss_curve(job: JobRecord, events: Sequence) -> go.Figure | None:
@@ -171,31 +244,52 @@ def resume_job(manager: JobManager, job_id: int | None) -> str:
 
 def backbone_choices(manager: JobManager) -> list[str]:
     """``auto`` and the backbones a job can load here (an unavailable one is not offered)."""
-    accepted = set(next(iter(manager.methods.values()))["backbone"].choices) if manager.methods else set()
+    accepted = {name for arguments in manager.methods.values() if "backbone" in arguments
+                for name in arguments["backbone"].choices}
     return ["auto", *[s.name for s in available_backbones() if s.available and s.name in accepted]]
 
 
+def variant_choices(manager: JobManager, method: str | None) -> list[str]:
+    """The variants (the method and its baselines) of ``method``'s ``--method`` flag, if it has one."""
+    argument = manager.methods.get(method or "", {}).get("method")
+    return list(argument.choices) if argument is not None else []
+
+
 def shown_fields(manager: JobManager, method: str | None) -> list:
-    """Visibility updates of the method-specific fields (:data:`FIELD_ARGUMENTS` order)."""
+    """Updates of the method-specific fields (:data:`FIELD_ARGUMENTS` order): shown only when the
+    method takes them; the variant list holds that method's own variants."""
     accepted = manager.methods.get(method or "", {})
-    return [gr.update(visible=argument in accepted) for argument in FIELD_ARGUMENTS.values()]
+    updates = []
+    for field, argument in FIELD_ARGUMENTS.items():
+        if field == "variant":
+            variants = variant_choices(manager, method)
+            updates.append(gr.update(visible=bool(variants), choices=variants, value=variants[0] if variants else None))
+        else:
+            updates.append(gr.update(visible=argument in accepted))
+    return updates
 
 
-def import_dataset(settings: Settings, archive: str | None, name: str):
-    """Unpack an uploaded zip into the data root; returns (message, dataset dropdown update)."""
+def import_dataset(settings: Settings, archive: str | None, name: str, method: str | None = None):
+    """Unpack an uploaded zip into the data root; returns (message, dataset dropdown update for
+    ``method``: the new folder selected when that method trains on it)."""
     if not archive:
         raise gr.Error("Upload a .zip of the dataset folder first.", print_exception=False)
     with user_errors():
         folder, layout = import_dataset_zip(archive, settings.data_root, name.strip() or None)
     relative = str(folder.relative_to(settings.data_root))
-    message = (f"Imported `{relative}` ({layout.kind.replace('_', ' ')}: {', '.join(layout.names)}) into the data "
-               "root; it is selected as the dataset.")
-    return message, gr.update(choices=dataset_choices(settings), value=relative)
+    choices = dataset_choices(settings, method)
+    message = f"Imported `{relative}` ({layout.kind.replace('_', ' ')}: {', '.join(layout.names)}) into the data root"
+    if relative in choices:
+        return message + "; it is selected as the dataset.", gr.update(choices=choices, value=relative)
+    return (message + f". {method} jobs do not train on a plain folder: describe it in a task file "
+            "(`medot task init`) and choose that.", gr.update(choices=choices))
 
 
-def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Sequence[ModelRefresher]) -> None:
+def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Sequence[ModelRefresher],
+                    max_session_jobs: int | None = None) -> None:
     methods = trainable_methods(manager)
-    kmat_variants = list(manager.methods["kmat"]["method"].choices) if "kmat" in manager.methods else []
+    sessions = SessionJobs(manager, max_session_jobs) if max_session_jobs else None
+    variants = variant_choices(manager, methods[0] if methods else None)
     first = manager.methods.get(methods[0], {}) if methods else {}
     takes = {field: argument in first for field, argument in FIELD_ARGUMENTS.items()}
     notice = storage_notice(settings.home)
@@ -205,13 +299,17 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
         + (f"\n\n{notice}" if notice else ""),
         elem_id="train-intro",
     )
+    if "pradot" in methods:
+        gr.Markdown(pradot_preset_note())
     with gr.Row():
         with gr.Column(scale=2):
             method = gr.Dropdown(methods, value=methods[0] if methods else None, label="Method", elem_id="train-method")
-            variant = gr.Dropdown(kmat_variants, value=kmat_variants[0] if kmat_variants else None,
-                                  label="Variant: K-MaT or a prompt-learning baseline", elem_id="train-variant",
+            variant = gr.Dropdown(variants, value=variants[0] if variants else None,
+                                  label="Variant: the method or one of its baselines (for K-MaT: the prompt-learning "
+                                  "baselines)", elem_id="train-variant", allow_custom_value=True,
                                   visible=takes["variant"])
-            dataset = gr.Dropdown(dataset_choices(settings), value=SYNTHETIC, label="Dataset", allow_custom_value=True)
+            dataset = gr.Dropdown(dataset_choices(settings, methods[0] if methods else None), value=SYNTHETIC,
+                                  label="Dataset", allow_custom_value=True)  # the job manager checks every value
             typed_path = gr.Textbox(label="…or a folder path under the data root", placeholder=str(settings.data_root))
             with gr.Accordion("Upload a zipped dataset into the data root", open=False):
                 archive = gr.File(label="Dataset (.zip of class folders, MVTec or MVFA layout)", file_types=[".zip"],
@@ -229,10 +327,10 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
                                        visible=takes["lambda_anc"])
                 lambda_fgw = gr.Number(1.0, label="λ_fgw (FGW loss weight)", minimum=0, elem_id="train-lambda-fgw",
                                        visible=takes["lambda_fgw"])
-                n_prototypes = gr.Number(PradotConfig.n_prototypes, label="Prototypes per cell", precision=0,
-                                         minimum=1, elem_id="train-prototypes", visible=takes["n_prototypes"])
+                n_prototypes = gr.Number(0, label="Prototypes per cell (0: the preset's)", precision=0,
+                                         minimum=0, elem_id="train-prototypes", visible=takes["n_prototypes"])
                 choices = backbone_choices(manager)
-                backbone = gr.Dropdown(choices, value="auto", label="Backbone")
+                backbone = gr.Dropdown(choices, value="auto", label="Backbone", visible=takes["backbone"])
             launch = gr.Button("Launch training job", variant="primary")
             launched = gr.Markdown()
         with gr.Column(scale=3):
@@ -247,9 +345,9 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             status = gr.Markdown(elem_id="job-status")
             curve = gr.Plot(label="Loss")
             log = gr.Code(label="Log (last lines)", language=None, lines=10)
-    fields = [shots, lambda_anc, lambda_fgw, variant, n_prototypes]
+    fields = [shots, lambda_anc, lambda_fgw, variant, n_prototypes, backbone]
     method.change(lambda m: shown_fields(manager, m), inputs=[method], outputs=fields, api_name=False)
-    unpack.click(lambda a, n: import_dataset(settings, a, n), inputs=[archive, archive_name],
+    unpack.click(lambda a, n, m: import_dataset(settings, a, n, m), inputs=[archive, archive_name, method],
                  outputs=[imported, dataset], api_name="import_dataset")
     known_models = gr.State(None)
 
@@ -266,12 +364,21 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
         return (job_rows(manager), job_ids(), *job_detail(manager, selected), *models_changed(seen))
 
     watch_outputs = [jobs, job, status, log, curve, known_models, *[dropdown for dropdown, _ in model_dropdowns]]
+    def launch_job(method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone,
+                   variant=None, n_prototypes=None, request: gr.Request = None):
+        form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes)
+        if sessions is None:
+            return submit_job(manager, *form)
+        return sessions.submit(session_owner(request), lambda: submit_job(manager, *form))
+
     launch.click(
-        lambda *form: submit_job(manager, *form),
+        launch_job,
         inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes],
         outputs=[launched],
         api_name="submit_job",
     )
+    method.change(lambda m: gr.update(choices=dataset_choices(settings, m), value=SYNTHETIC), inputs=[method],
+                  outputs=[dataset], api_name=False)
     cancel.click(  # say so at once: a running job takes up to cancel_grace_s to save its state and stop
         lambda j: "" if j is None else f"Cancelling job {j}: asking it to save its state and stop "
         f"(up to {manager.cancel_grace_s:g} s)…", inputs=[job], outputs=[launched], queue=False, api_name=False,
