@@ -158,7 +158,9 @@ def transport_plans(
     """
     shape = similarity.shape
     rows, cols = shape[-2:]
-    cost = (1.0 - similarity.detach()).reshape(-1, rows, cols).float()
+    cost = (1.0 - similarity.detach()).reshape(-1, rows, cols)
+    if cost.dtype not in (torch.float32, torch.float64):
+        cost = cost.float()
     if not balanced_prompts:
         a = cost.new_full((rows,), 1.0 / rows)
         b = cost.new_full((cols,), 1.0 / cols)
