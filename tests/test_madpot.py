@@ -269,3 +269,28 @@ def test_checkpoint_round_trip_gives_identical_maps(backbone, synthetic, encoded
     torch.testing.assert_close(again.predict(images)[0], mvfa.model(tokens, (64, 64))[0].cpu(), rtol=0, atol=0)
     with pytest.raises(MedotError, match="partial-OT assignment exists only for MADPOT"):
         again.assignments(images)
+
+
+def test_injected_abnormal_region_scores_above_normal_tissue_after_short_training(backbone, synthetic):
+    from medot.data.io import read_image
+    from medot.methods.pradot.data import view_mask, read_mask
+
+    config = MadpotConfig(layers=("block3", "block6"), n_prompts=2, views=4, epochs=10, batch_size=8)
+    fitted, _, _ = train_few_shot("madpot", backbone, [(synthetic.mvfa_root, "Histo")], config, shots=2,
+                                  progress=False, log=lambda _: None)
+    folder = synthetic.mvfa_root / "Histo_AD" / "test" / "Ungood"
+    inside, outside = [], []
+    for path in sorted((folder / "img").glob("*.png")):
+        image = read_image(path).rgb()
+        tokens = {k: v for k, v in _tokens(backbone, image, fitted.model.layers).items()}
+        anomaly_map = fitted.model(tokens, (64, 64))[0][0].numpy()
+        mask = view_mask(backbone, read_mask(folder / "anomaly_mask" / path.name))
+        inside.append(anomaly_map[mask].mean())
+        outside.append(anomaly_map[~mask].mean())
+    assert np.mean(np.array(inside) > np.array(outside)) >= 0.75 and np.mean(inside) > np.mean(outside)
+
+
+def _tokens(backbone, image, layers):
+    with torch.inference_mode():
+        features = backbone.encode_image(backbone.transform_batch([image]), layers)
+    return {layer: features.patch_tokens[layer].float() for layer in layers}
