@@ -37,7 +37,7 @@ def dataset_choices(settings: Settings) -> list[str]:
 
 
 def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, shots: float, epochs: float,
-               seed: float, lambda_anc: float, lambda_fgw: float, backbone: str) -> str:
+               seed: float, lambda_anc: float, lambda_fgw: float, backbone: str, obj: str | None = None) -> str:
     """Queue a job; returns a status line. Arguments a method's job does not accept are left out."""
     if method not in manager.methods:
         raise gr.Error(f"Choose a training method: {', '.join(manager.methods)}.", print_exception=False)
@@ -50,11 +50,12 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
         "lambda_anc": lambda_anc,
         "lambda_fgw": lambda_fgw,
         "backbone": backbone,
+        "object": (obj or "").strip() or None,
     }
     arguments = {name: value for name, value in wanted.items() if name in accepted and value is not None}
     with user_errors():
         job_id = manager.submit(method, arguments)
-    left_out = sorted(set(wanted) - set(accepted))
+    left_out = sorted(name for name, value in wanted.items() if value is not None and name not in accepted)
     note = f" ({', '.join(left_out)}: not taken by {method} jobs, its defaults apply)" if left_out else ""
     return f"Job {job_id} ({method}) queued{note}."
 
@@ -135,6 +136,7 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
                 lambda_anc = gr.Number(1.0, label="λ_anc (K-MaT)", minimum=0)
                 lambda_fgw = gr.Number(1.0, label="λ_fgw (K-MaT)", minimum=0)
                 backbone = gr.Dropdown(["auto", "lite", "biomedclip"], value="auto", label="Backbone")
+            obj = gr.Textbox("", label="Object (MADPOT: the MVFA <Obj>_AD folder, e.g. Retina on the synthetic set)")
             launch = gr.Button("Launch training job", variant="primary")
             launched = gr.Markdown()
         with gr.Column():
@@ -165,7 +167,7 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
     watch_outputs = [jobs, job, status, log, curve, known_models, *[dropdown for dropdown, _ in model_dropdowns]]
     launch.click(
         lambda *form: submit_job(manager, *form),
-        inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone],
+        inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, obj],
         outputs=[launched],
         api_name="submit_job",
     )

@@ -123,3 +123,22 @@ def test_zeroshot_baseline_and_class_folders_are_refused_clearly(synthetic, tmp_
     assert "needs patch tokens in the joint space" in capsys.readouterr().err
     assert main(["train", "madpot", "--data", str(synthetic.kmat_high), *FAST]) == 2
     assert "MVFA layout" in capsys.readouterr().err
+
+
+def test_a_madpot_job_becomes_a_command_the_cli_accepts(tmp_path):
+    from medot.cli import build_parser
+    from medot.jobs.arguments import METHOD_ARGUMENTS, validate_arguments
+    from medot.jobs.registry import JobError
+    from medot.jobs.runner import medot_train_command
+
+    arguments = validate_arguments(
+        "madpot", {"dataset": "synthetic", "object": "Retina", "shots": 2, "seed": 3, "method": "mvfa"}, tmp_path,
+        METHOD_ARGUMENTS,
+    )
+    command = medot_train_command("madpot", arguments, tmp_path / "job", resume=True)
+    args = build_parser().parse_args(command[3:])
+    assert (args.object, args.shots, args.seed, args.method, args.data, args.resume) == (
+        "Retina", 2, 3, "mvfa", "synthetic", True)
+    for bad in ("../etc", "-rf", "a b"):
+        with pytest.raises(JobError, match="object must be a folder name"):
+            validate_arguments("madpot", {"object": bad}, tmp_path, METHOD_ARGUMENTS)
