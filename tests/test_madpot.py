@@ -294,3 +294,20 @@ def _tokens(backbone, image, layers):
     with torch.inference_mode():
         features = backbone.encode_image(backbone.transform_batch([image]), layers)
     return {layer: features.patch_tokens[layer].float() for layer in layers}
+
+
+def test_epoch_selection_uses_valid_images_outside_the_support_never_test(backbone, synthetic):
+    from medot.methods.madpot.data import load_validation
+
+    support = load_support(synthetic.mvfa_root, "Phantom", 1, seed=1)
+    held_out = load_validation(synthetic.mvfa_root, support, 1, seed=1)
+    assert not set(held_out) & set(support.records)
+    assert [r.label for r in held_out] == [0, 1] and {r.path.parts[-4] for r in held_out} == {"valid"}
+    with pytest.raises(MadpotError, match="fewer than --validation 2"):
+        load_validation(synthetic.mvfa_root, support, 2, seed=1)
+    config = MadpotConfig(layers=("block6",), n_prompts=2, views=2, epochs=3, batch_size=4)
+    fitted, _, _ = train_few_shot("madpot", backbone, [(synthetic.mvfa_root, "Phantom")], config, shots=1,
+                                  progress=False, log=lambda _: None, validation=1)
+    assert all("val_score" in record for record in fitted.result.history)
+    best = max(fitted.result.history, key=lambda record: record["val_score"])
+    assert fitted.result.best_epoch == best["epoch"]

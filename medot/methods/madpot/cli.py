@@ -42,6 +42,9 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
     _add_model_options(train)
     train.add_argument("--out", default=None, help="checkpoint folder (default: $MEDOT_HOME/models/madpot-<object>-k<k>-s<seed>)")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.add_argument("--validation", type=int, default=0, metavar="N",
+                       help="keep the best epoch by image AUROC on N normal + N abnormal valid/ images outside the "
+                       "support set (default 0: keep the last epoch; the test split is never used for selection)")
     train.set_defaults(run=_run_train)
     mark_single_process(train, SINGLE_PROCESS)
 
@@ -139,6 +142,8 @@ def _run_train(args: argparse.Namespace) -> int:
     args.data = _data_root(args.data)
     config = _config(args, args.seed)  # checks the settings before anything is loaded
     target = resolve_object(args.data, args.object)
+    if args.validation < 0:
+        raise MadpotError(f"--validation must be 0 (keep the last epoch) or a positive count, got {args.validation}")
     if args.zero_shot:
         sources = [obj for obj in mvfa_objects(args.data) if obj != target]
         if not sources:
@@ -162,7 +167,7 @@ def _run_train(args: argparse.Namespace) -> int:
     fitted, supports, fit_seconds = train_few_shot(
         args.method, backbone, [(args.data, obj) for obj in sources], config, shots=args.shots, object_names=names,
         cache=cache, device=device, progress=progress, out_dir=out, on_event=event_sink_from_env(),
-        should_stop=stop_requested_from_signals(), resume=args.resume,
+        should_stop=stop_requested_from_signals(), resume=args.resume, validation=args.validation,
     )
     if fitted.result.status == "cancelled":
         print(f"training cancelled; its state is in {out} (re-run with --resume to continue)")
@@ -178,13 +183,16 @@ def _run_train(args: argparse.Namespace) -> int:
         "fit_seconds": fit_seconds, "shots": args.shots, "seed": args.seed, "trained_on": sources,
         "tested_on": target, "support": {s.name: {"source": s.source,
                                                   "images": [str(r.path) for r in s.records]} for s in supports},
-        "prompt_mass": fitted.prompt_mass, "selection": "last epoch (no selection on test data)",
+        "prompt_mass": fitted.prompt_mass,
+        "selection": (f"best epoch {fitted.result.best_epoch} by image AUROC on {args.validation} + {args.validation} "
+                      "valid/ images outside the support set" if args.validation
+                      else "last epoch (no selection on test data)"),
     }
     size = backbone.preprocess.image_size
     path = save_madpot(out / "model", model, backbone=backbone.name, image_size=size,
                        metrics={"object": target, **metrics}, training=training)
     print(f"{target}: image AUROC {_fmt(metrics['image_auroc'])}, pixel AUROC {_fmt(metrics['pixel_auroc'])} "
-          "(last epoch)")
+          f"({training['selection']})")
     if fitted.prompt_mass is not None:
         normal, abnormal = fitted.prompt_mass
         print("mass per prompt (last step, of gamma = {:g}): normal {} / abnormal {}".format(

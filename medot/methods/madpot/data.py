@@ -96,6 +96,25 @@ def load_support(root: str | Path, obj: str, shots: int, seed: int) -> SupportSe
     return SupportSet(obj, pick(normal), pick(abnormal), source)
 
 
+def load_validation(root: str | Path, support: SupportSet, per_class: int, seed: int) -> tuple[ImageRecord, ...]:
+    """``per_class`` normal and abnormal ``valid`` images **not** in ``support``, drawn with ``seed``:
+    the only data an epoch may be selected on (never the test split)."""
+    taken = {record.path for record in support.records}
+    valid = [r for r in load_mvfa(root, support.name, "valid") if r.path not in taken]
+    rng = np.random.default_rng((seed, 1))
+    chosen = []
+    for label in (0, 1):
+        group = [r for r in valid if r.label == label]
+        if len(group) < per_class:
+            kind = "normal" if label == 0 else "abnormal"
+            raise MadpotError(
+                f"{support.name}: valid/ holds {len(group)} {kind} images outside the support set, fewer than "
+                f"--validation {per_class}; use a smaller --validation or none (the last epoch is kept)"
+            )
+        chosen.extend(group[i] for i in sorted(rng.choice(len(group), per_class, replace=False)))
+    return tuple(chosen)
+
+
 # ---------------------------------------------------------------------------------- augmentation
 def _resize(array: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))

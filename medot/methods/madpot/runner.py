@@ -22,7 +22,7 @@ from medot.backbones.base import VisionLanguageBackbone
 from medot.data.datasets import MVFA, detect_layout, load_mvfa
 from medot.methods.madpot.baselines import ZeroShotModel, require_joint_space_layers, NO_WRITE_BACK
 from medot.methods.madpot.config import MADPOT, MVFA_BASELINE, PATCHCORE, ZEROSHOT, MadpotConfig, MadpotError, object_prompt_name
-from medot.methods.madpot.data import EncodedSupport, SupportSet, encode_support, load_support
+from medot.methods.madpot.data import EncodedSupport, SupportSet, encode_support, load_support, load_validation
 from medot.methods.madpot.detector import layer_geometry
 from medot.methods.madpot.task import FitResult, fit
 from medot.methods.pradot.data import AnomalySplits
@@ -108,8 +108,12 @@ def train_few_shot(
     should_stop: Callable[[], bool] | None = None,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    validation: int = 0,
 ) -> tuple[FitResult, list[SupportSet], float]:
-    """Train ``method`` on the ``valid`` support sets of ``train_on`` = [(root, object), ...]."""
+    """Train ``method`` on the ``valid`` support sets of ``train_on`` = [(root, object), ...].
+
+    ``validation`` > 0: that many normal and abnormal ``valid`` images of the first object, outside
+    its support set, select the kept epoch (image AUROC); 0 keeps the last epoch."""
     cache = cache or FeatureCache()
     layers = default_layers(backbone, config)
     supports, encoded, names = [], [], []
@@ -121,9 +125,14 @@ def train_few_shot(
         names.append(object_prompt_name(obj, (object_names or {}).get(obj)))
     if method == MVFA_BASELINE:
         log(NO_WRITE_BACK)
+    held_out = None
+    if validation > 0:
+        records = load_validation(train_on[0][0], supports[0], validation, config.seed)
+        log(f"epoch selection on {validation} + {validation} valid/ images outside the support set (never on test)")
+        held_out = encode_support(backbone, records, layers, views=1, cache=cache, progress=progress)
     started = time.perf_counter()
     fitted = fit(method, backbone, encoded, names, config, device=device, progress=progress, out_dir=out_dir,
-                 on_event=on_event, should_stop=should_stop, resume=resume)
+                 on_event=on_event, should_stop=should_stop, resume=resume, validation=held_out)
     return fitted, supports, time.perf_counter() - started
 
 

@@ -13,6 +13,8 @@ CL terms (and the branch from the maps), ``seg_loss=False`` drops focal + Dice.
 
 Training runs on cached tokens (:mod:`.data`), Adam (AdamW with weight decay 0) at lr 1e-3, betas
 (0.5, 0.999), batch 16, 60 epochs, and keeps the **last** epoch: no model selection on test data.
+With a validation set carved from ``valid/`` (disjoint from the support set) the best epoch by its
+image AUROC is kept instead.
 """
 
 from __future__ import annotations
@@ -40,7 +42,26 @@ from medot.methods.madpot.model import MadpotModel
 from medot.train import EventHandler, TensorBatches, TrainConfig, Trainer, TrainingTask, TrainResult, seed_everything
 
 
-class MadpotTask(TrainingTask):
+class _ValidationMixin:
+    """Image AUROC on a validation set carved from ``valid/`` (disjoint from the support set), when
+    one is given: the trainer then keeps the best epoch by it. Never the test split."""
+
+    validation: EncodedSupport | None = None
+
+    def validation_score(self) -> float | None:
+        if self.validation is None:
+            return None
+        from medot.eval import image_auroc
+
+        model = self.model
+        grid = max(model.grids.values(), key=lambda hw: hw[0] * hw[1])
+        device = next(model.parameters()).device
+        tokens = {layer: t.to(device) for layer, t in self.validation.tokens.items()}
+        _, scores = model(tokens, grid)
+        return image_auroc(scores.cpu().numpy(), self.validation.labels.numpy())
+
+
+class MadpotTask(_ValidationMixin, TrainingTask):
     """MADPOT's loss on batches ``(labels, masks, has_mask, object_index, *tokens per layer)``."""
 
     def __init__(self, model: MadpotModel, backbone_name: str = "") -> None:
@@ -93,7 +114,7 @@ class MadpotTask(TrainingTask):
         return {"method": MADPOT, "backbone": self.backbone_name, "objects": list(self.model.object_names)}
 
 
-class MvfaTask(TrainingTask):
+class MvfaTask(_ValidationMixin, TrainingTask):
     """The MVFA baseline's loss: focal + Dice on the text maps (rows with masks) + BCE on the
     detection probabilities, summed over layers."""
 
@@ -175,6 +196,7 @@ def fit(
     on_event: EventHandler | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: bool = False,
+    validation: EncodedSupport | None = None,
 ) -> FitResult:
     """Train ``method`` (``madpot`` or ``mvfa``) on the encoded support sets of ``object_names``.
 
@@ -199,6 +221,7 @@ def fit(
         task = MvfaTask(model, backbone.name)
     else:
         raise MadpotError(f"unknown trained method {method!r}; choose madpot or mvfa")
+    task.validation = validation
     task.to(device)
     trainer = Trainer(train_config(config, device=device, progress=progress, out_dir=out_dir))
     result = trainer.fit(task, support_batches(supports, config.batch_size), on_event=on_event,
