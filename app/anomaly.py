@@ -1,6 +1,8 @@
 """Anomaly localisation tab: a trained PRADOT model's (or its PatchCore baseline's) anomaly map over
-an uploaded image, its image score, a threshold outline, and, for PRADOT, the prototype a clicked
-patch was matched to.
+an uploaded image beside the image itself with a colour bar, the region above the calibrated pixel
+threshold outlined, the image score read against held-out normal images (percentile and a
+normal / anomalous verdict at their 99th percentile, :mod:`medot.eval.calibration`), the model's
+training domain, and, for PRADOT, the prototype a clicked patch was matched to.
 
 ``medot train pradot`` saves both models of a run (``<out>/model``, ``<out>/patchcore``); the
 Method radio picks which kind the model list offers, and a detection runs the chosen checkpoint's
@@ -8,7 +10,6 @@ own detector."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import gradio as gr
@@ -16,7 +17,7 @@ import numpy as np
 
 from app.backbones import BackboneCache, describe
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
-from app.models import listed_model, model_choices
+from app.models import ModelCache, listed_model, model_choices
 from medot.config import Settings
 from medot.data.examples import example_images
 from medot.methods.madpot.config import MADPOT, MVFA_BASELINE
@@ -25,7 +26,8 @@ from medot.methods.madpot.viz import assignment_image, assignment_summary
 from medot.methods.pradot.data import view_image
 from medot.methods.pradot.detector import METHOD, BackboneDetector, load_pradot
 from medot.methods.pradot.patchcore_io import METHOD as PATCHCORE, load_patchcore
-from medot.viz import anomaly_overlay
+from medot.eval.calibration import NormalCalibration
+from medot.viz.anomaly_panel import GAP, anomaly_panel
 
 #: Method radio label -> checkpoint method
 METHODS = {"PRADOT": METHOD, "PatchCore (baseline)": PATCHCORE, "MADPOT": MADPOT, "MVFA (baseline)": MVFA_BASELINE}
@@ -36,6 +38,8 @@ PATCHCORE_NOTE = (
     "`medot train pradot` writes; pick it with **Method** to compare the two maps. "
     "Prototype look-up on click is PRADOT-only."
 )
+DISPLAY_MAX = 2.0
+"""Top of the colour scale, in display units (2 = twice the normals' 99th pixel percentile)."""
 NO_PROTOTYPES = (
     "Prototype look-up is PRADOT-only: PatchCore scores a patch by its distance to the nearest "
     "memory-bank patch and has no prototypes. Choose a PRADOT model to look one up."
@@ -45,47 +49,73 @@ NO_PROTOTYPES = (
 @dataclass(frozen=True)
 class Detection:
     """One prediction kept between events: the backbone's view ``[S, S, 3]`` in [0, 1], its anomaly
-    map ``[S, S]``, the image score and the model it came from."""
+    map ``[S, S]``, the image score, the model it came from, and the pixel unit of the display:
+    ``unit`` (the normals' 99th pixel percentile of a calibrated model, else the map's maximum)."""
 
     model: str
     view: np.ndarray
     anomaly_map: np.ndarray
     score: float
+    unit: float = 0.0
+    calibrated: bool = False
+
+    @property
+    def scaled_map(self) -> np.ndarray:
+        """The map in display units (1 = :attr:`unit`)."""
+        unit = self.unit or float(self.anomaly_map.max()) or 1.0
+        return self.anomaly_map / np.float32(unit)
 
 
 class DetectorCache:
-    """PRADOT and PatchCore detectors, loaded once per checkpoint file on the shared backbones."""
+    """PRADOT and PatchCore detectors, loaded once per checkpoint content (:class:`ModelCache`) on
+    the shared backbones."""
 
     def __init__(self, backbones: BackboneCache) -> None:
         self._backbones = backbones
-        self._loaded: dict[str, BackboneDetector] = {}
-        self._lock = threading.Lock()
+        self._loaded: ModelCache[BackboneDetector] = ModelCache()
 
     def get(self, path: str, backbone_name: str, method: str = METHOD) -> BackboneDetector:
-        with self._lock:
-            if path not in self._loaded:
-                self._loaded[path] = LOADERS[method](path, self._backbones.get(backbone_name))
-            return self._loaded[path]
+        return self._loaded.get(path, lambda: LOADERS[method](path, self._backbones.get(backbone_name)),
+                                variant=f"{method}:{backbone_name}")
 
 
 def detect(detectors: DetectorCache, settings: Settings, file_path: str | None, model: str | None,
            opacity: float, threshold: float | None):
-    """Returns (overlay, image score, summary line, threshold slider update, detection state)."""
+    """Returns (image | overlay | colour bar, raw image score, verdict, model summary, cleared
+    prototype text, detection state). ``threshold`` is in display units (1 = the calibrated pixel
+    threshold); the verdict comes from the calibration stored with the model."""
     image = read_upload(file_path)
     with user_errors():
         meta = listed_model(settings, model, tuple(LOADERS))
         detector = detectors.get(model, meta["backbone"], meta["method"])
         view = view_image(detector.backbone, image.rgb())
         maps, scores = detector.predict([view])
-    detection = Detection(model, view, maps[0].numpy(), float(scores[0]))
-    low, high = float(detection.anomaly_map.min()), float(detection.anomaly_map.max())
-    value = threshold if threshold is not None and low <= threshold <= high else high
-    slider = gr.update(minimum=low, maximum=high, value=value, interactive=True)
-    summary = (
-        f"**Image anomaly score: {detection.score:.4f}** ({_score_rule(meta)}; the map ranges over "
-        f"[{low:.4f}, {high:.4f}]).  \n{_describe_model(meta)} {describe(detector.backbone)}"
+    calibration = detector.calibration
+    anomaly_map, score = maps[0].numpy(), float(scores[0])
+    unit = calibration.pixel_threshold if calibration is not None else float(anomaly_map.max())
+    detection = Detection(model, view, anomaly_map, score, unit, calibration is not None)
+    return (render(detection, opacity, threshold), score, verdict_text(detection, calibration),
+            f"{_describe_model(meta)} {describe(detector.backbone)}", "", detection)
+
+
+def verdict_text(detection: Detection, calibration: NormalCalibration | None) -> str:
+    """The verdict and calibrated score in plain words (or why there is none)."""
+    region = float((detection.scaled_map >= 1.0).mean())
+    if calibration is None:
+        return (
+            f"**Image anomaly score {detection.score:.4f}** (maximum of the map). This model was saved without "
+            "held-out normal images, so there is **no verdict** and the colours are relative to this image's "
+            "maximum: retrain it with `medot train pradot` to get a calibrated scale."
+        )
+    level = f"{100 * calibration.quantile:g}th"
+    return (
+        f"### {calibration.verdict(detection.score).capitalize()}\n"
+        f"{calibration.describe(detection.score)}  \n"
+        f"**Calibrated score: {calibration.percentile(detection.score):.0f}th percentile among normal images** "
+        f"(raw {detection.score:.4f}, the maximum of the map). Colours: × the normals' {level} pixel percentile; "
+        f"the outlined region (≥ 1 by default) covers {100 * region:.1f} % of the image. "
+        f"Reference: {calibration.source or f'{calibration.count} held-out normal images'}."
     )
-    return render(detection, opacity, value), detection.score, summary, slider, detection
 
 
 def _score_rule(meta: dict) -> str:
@@ -107,12 +137,12 @@ def zero_shot(backbones: BackboneCache, settings: Settings, file_path: str | Non
         detector = zero_shot_detector(backbones.get(settings.backbone), name)
         view = view_image(detector.backbone, image.rgb())
         maps, scores = detector.predict([view])
-    detection = Detection("", view, maps[0].numpy(), float(scores[0]))
-    low, high = float(detection.anomaly_map.min()), float(detection.anomaly_map.max())
-    slider = gr.update(minimum=low, maximum=high, value=high, interactive=True)
-    summary = (f"**Zero-shot image anomaly score for '{name}': {detection.score:.4f}** (maximum of the map; fixed "
-               f"prompt ensembles on the joint-space patch tokens, no training).  \n{describe(detector.backbone)}")
-    return render(detection, opacity, high), detection.score, summary, slider, detection
+    anomaly_map, score = maps[0].numpy(), float(scores[0])
+    detection = Detection("", view, anomaly_map, score, float(anomaly_map.max()), False)
+    summary = (f"**Zero-shot image anomaly score for '{name}': {score:.4f}** (maximum of the map; fixed prompt "
+               f"ensembles on the joint-space patch tokens, no training, no calibration: colours are relative to "
+               f"this image's maximum).  \n{describe(detector.backbone)}")
+    return render(detection, opacity, threshold), score, "", summary, "", detection
 
 
 def assignment(detectors: DetectorCache, settings: Settings, detection: Detection | None, layer: str | None):
@@ -131,21 +161,39 @@ def assignment(detectors: DetectorCache, settings: Settings, detection: Detectio
 
 
 def _describe_model(meta: dict) -> str:
+    domain = meta.get("training") or {}
+    trained = ""
+    if domain.get("class"):
+        trained = (f" Trained on {domain.get('train_images', '?')} normal images of **{domain['class']}** "
+                   f"(`{domain.get('dataset', '?')}`); not for other anatomies or devices.")
     if meta["method"] == PATCHCORE:
         return (f"PatchCore baseline: {meta['memory_bank_size']} memory-bank patches of "
-                f"{', '.join(meta['layers'])}.")
+                f"{', '.join(meta['layers'])}.{trained}")
     if meta["method"] in (MADPOT, MVFA_BASELINE):
         what = "MADPOT" if meta["method"] == MADPOT else "MVFA baseline (no write-back into the tower)"
-        return f"{what} for {', '.join(meta['objects'])}, layers {', '.join(meta['layers'])}."
-    return "PRADOT ensemble: " + ", ".join(f"{m['layer']} α={m['alpha']:g}" for m in meta["members"]) + "."
+        return (f"{what} for {', '.join(meta['objects'])}, layers {', '.join(meta['layers'])}; image score: "
+                f"{_score_rule(meta)}.")
+    members = ", ".join(f"{m['layer']} α={m['alpha']:g}" for m in meta["members"])
+    return f"PRADOT ensemble: {members}.{trained}"
 
 
 def render(detection: Detection | None, opacity: float, threshold: float | None) -> np.ndarray | None:
-    """The map over the view, with the ``{map >= threshold}`` region outlined."""
+    """The view, the map over it (display units on ``[0, 2]``, ``{map >= threshold}`` outlined) and a
+    colour bar with its unit."""
     if detection is None:
         return None
+    unit = "x normal\np99" if detection.calibrated else "x image\nmax"
     with user_errors():
-        return anomaly_overlay(detection.view, detection.anomaly_map, opacity=opacity, threshold=threshold)
+        return anomaly_panel(detection.view, detection.scaled_map, vmax=DISPLAY_MAX, opacity=opacity,
+                             threshold=threshold, unit=unit)
+
+
+def _map_pixel(detection: Detection, x: int, y: int) -> tuple[int, int]:
+    """A click on the panel (image | overlay | bar) -> the map pixel under it."""
+    width = detection.anomaly_map.shape[1]
+    if x >= width + GAP:
+        x -= width + GAP
+    return min(max(int(x), 0), width - 1), min(max(int(y), 0), detection.anomaly_map.shape[0] - 1)
 
 
 def matched_prototype(detectors: DetectorCache, settings: Settings, detection: Detection | None,
@@ -163,7 +211,7 @@ def matched_prototype(detectors: DetectorCache, settings: Settings, detection: D
     spec = meta["members"][member]
     rows, cols = spec["grid"]
     size = detection.anomaly_map.shape
-    x, y = event.index
+    x, y = _map_pixel(detection, *event.index)
     row, col = min(int(y * rows / size[0]), rows - 1), min(int(x * cols / size[1]), cols - 1)
     patch = row * cols + col
     cell = int(match.cell[0, patch])
@@ -194,19 +242,20 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
                                 allow_custom_value=True)
             member = gr.Dropdown([("first ensemble member", 0)], value=0, label="Member for prototype look-up")
             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Map opacity")
-            threshold = gr.Slider(0.0, 1.0, value=1.0, label="Threshold (map units; region outlined)",
-                                  interactive=False)
+            threshold = gr.Slider(0.0, DISPLAY_MAX, value=1.0, step=0.05,
+                                  label="Outline threshold (× the normals' 99th pixel percentile; 1 = calibrated)")
             run = gr.Button("Detect anomalies", variant="primary")
         with gr.Column():
-            overlay = gr.Image(label="Anomaly map (click a point: its matched prototype)", type="numpy",
-                               interactive=False)
-            score = gr.Number(label="Image anomaly score", interactive=False, precision=4)
+            overlay = gr.Image(label="Image | anomaly map with the predicted region outlined | colour scale "
+                               "(click the map: its matched prototype)", type="numpy", interactive=False)
+            verdict = gr.Markdown()
+            score = gr.Number(label="Raw image anomaly score (maximum of the map)", interactive=False, precision=4)
             summary = gr.Markdown()
             prototype = gr.Markdown()
     run.click(
         lambda f, m, o, t: detect(detectors, settings, f, m, o, t),
         inputs=[upload, model, opacity, threshold],
-        outputs=[overlay, score, summary, threshold, detection],
+        outputs=[overlay, score, verdict, summary, prototype, detection],
         api_name="detect_anomalies",
     )
     method.change(lambda label: _model_list(settings, label), inputs=[method], outputs=[model], api_name=False)
@@ -234,7 +283,7 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
     zero.click(
         lambda f, n, o, t: zero_shot(backbones, settings, f, n, o, t),
         inputs=[upload, object_name, opacity, threshold],
-        outputs=[overlay, score, summary, threshold, detection],
+        outputs=[overlay, score, verdict, summary, prototype, detection],
         api_name="zero_shot_anomalies",
     )
     show.click(lambda d, l: assignment(detectors, settings, d, l), inputs=[detection, layer],

@@ -8,6 +8,7 @@ other tabs' model lists (refreshed by the same timer)."""
 from __future__ import annotations
 
 import importlib.util
+import threading
 from collections.abc import Callable, Sequence
 
 import gradio as gr
@@ -17,7 +18,8 @@ from app.feedback import user_errors
 from app.models import model_roots
 from medot.checkpoint import list_checkpoints
 from medot.config import Settings
-from medot.jobs import SYNTHETIC, JobManager, JobRecord
+from medot.jobs import SYNTHETIC, JobError, JobManager, JobRecord
+from medot.jobs.arguments import KMAT_PAPER_TASKS
 
 POLL_SECONDS = 2.0
 JOB_COLUMNS = ["job", "method", "status", "epoch", "loss", "dataset", "created", "model / error"]
@@ -29,9 +31,14 @@ def trainable_methods(manager: JobManager) -> list[str]:
     return [m for m in manager.methods if importlib.util.find_spec(f"medot.methods.{m}") is not None]
 
 
-def dataset_choices(settings: Settings) -> list[str]:
-    """The synthetic demo set, then the folders under the data root (two levels deep)."""
+def dataset_choices(settings: Settings, method: str | None = None) -> list[str]:
+    """What a ``method`` job can train on: the synthetic demo set, then for K-MaT the paper tasks and
+    the task JSON files under the data root (two levels deep), for the others the folders there."""
     root = settings.data_root
+    if method == "kmat":
+        files = sorted(str(p.relative_to(root)) for p in [*root.glob("*.json"), *root.glob("*/*.json")]
+                       if p.is_file()) if root.is_dir() else []
+        return [SYNTHETIC, *KMAT_PAPER_TASKS, *files]
     folders = sorted(str(p.relative_to(root)) for p in [*root.glob("*/"), *root.glob("*/*/")] if p.is_dir()) if root.is_dir() else []
     return [SYNTHETIC, *folders]
 
@@ -58,6 +65,44 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
     left_out = sorted(name for name, value in wanted.items() if value is not None and name not in accepted)
     note = f" ({', '.join(left_out)}: not taken by {method} jobs, its defaults apply)" if left_out else ""
     return f"Job {job_id} ({method}) queued{note}."
+
+
+class SessionJobs:
+    """At most ``limit`` queued or running jobs per session (the login name when the app has one,
+    else Gradio's session): who launched what is kept only while those jobs are active."""
+
+    def __init__(self, manager: JobManager, limit: int) -> None:
+        self.manager, self.limit = manager, limit
+        self._jobs: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, owner: str, submit: Callable[[], str]) -> str:
+        with self._lock:
+            active = {job for job in self._jobs.get(owner, set()) if self._active(job)}
+            if len(active) >= self.limit:
+                raise gr.Error(
+                    f"You already have {len(active)} job(s) queued or running ({', '.join(map(str, sorted(active)))}), "
+                    f"the most one session may have ({self.limit}); wait for one to finish or cancel one.",
+                    print_exception=False,
+                )
+            status = submit()
+            active.add(int(status.split()[1]))
+            self._jobs[owner] = active
+            for other in [key for key, jobs in self._jobs.items() if not jobs]:
+                del self._jobs[other]
+            return status
+
+    def _active(self, job_id: int) -> bool:
+        try:
+            return self.manager.registry.get(job_id).status in ("queued", "running")
+        except JobError:
+            return False
+
+
+def session_owner(request: gr.Request | None) -> str:
+    if request is None:
+        return ""
+    return f"user:{request.username}" if getattr(request, "username", None) else f"session:{request.session_hash}"
 
 
 def job_rows(manager: JobManager) -> list[list]:
@@ -88,7 +133,36 @@ def job_detail(manager: JobManager, job_id: int | None) -> tuple[str, str, go.Fi
         status += f"  \n{job.error.splitlines()[0]}"
     if job.status in ("interrupted", "cancelled", "failed"):
         status += "  \nResume continues it from its last saved state."
+    if job.status == "running":
+        status += live_progress(events)
     return status, log, loss_curve(job, events)
+
+
+def live_progress(events: Sequence) -> str:
+    """The last in-epoch progress a job reported (``progress`` / ``eta_seconds`` of its step events),
+    as a line to append to its status, or ``""``."""
+    for event in reversed(events):
+        metrics = event.metrics if isinstance(event.metrics, dict) else {}
+        if "progress" in metrics and "eta_seconds" in metrics:
+            line = f"  \n{100 * metrics['progress']:.0f} % done, about {_duration(metrics['eta_seconds'])} left"
+            return line + (f" ({event.message})" if event.message else "")
+    return ""
+
+
+def _duration(seconds: float) -> str:
+    whole = max(0, int(round(seconds)))
+    return f"{whole // 60} min {whole % 60:02d} s" if whole >= 60 else f"{whole} s"
+
+
+def pradot_preset_note() -> str:
+    """Which PRADOT settings a job gets on this machine (its ``--preset auto``)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "PRADOT jobs use the paper's settings (a CUDA GPU is present)."
+    return ("No GPU here: PRADOT jobs use the **CPU preset** (one layer, 4 prototypes per cell, bounded OT "
+            "batches, 10 epochs unless set), which trains in minutes; `medot train pradot --preset paper` runs "
+            "the authors' full setting.")
 
 
 def loss_curve(job: JobRecord, events: Sequence) -> go.Figure | None:
@@ -117,16 +191,21 @@ def resume_job(manager: JobManager, job_id: int | None) -> str:
     return f"Job {job.id} is {job.status} again (resuming)."
 
 
-def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Sequence[ModelRefresher]) -> None:
+def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Sequence[ModelRefresher],
+                    max_session_jobs: int | None = None) -> None:
     methods = trainable_methods(manager)
+    sessions = SessionJobs(manager, max_session_jobs) if max_session_jobs else None
     gr.Markdown(
         f"Jobs run `medot train <method>` in a worker process and are kept in `{manager.registry.path}`. "
         f"Datasets: the synthetic demo set or a folder under the data root `{settings.data_root}`."
     )
+    if "pradot" in methods:
+        gr.Markdown(pradot_preset_note())
     with gr.Row():
         with gr.Column():
             method = gr.Dropdown(methods, value=methods[0] if methods else None, label="Method")
-            dataset = gr.Dropdown(dataset_choices(settings), value=SYNTHETIC, label="Dataset", allow_custom_value=False)
+            dataset = gr.Dropdown(dataset_choices(settings, methods[0] if methods else None), value=SYNTHETIC,
+                                  label="Dataset", allow_custom_value=True)  # the job manager checks every value
             typed_path = gr.Textbox(label="…or a folder path under the data root", placeholder=str(settings.data_root))
             with gr.Row():
                 shots = gr.Number(4, label="Shots per class", precision=0, minimum=1)
@@ -165,12 +244,21 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
         return (job_rows(manager), job_ids(), *job_detail(manager, selected), *models_changed(seen))
 
     watch_outputs = [jobs, job, status, log, curve, known_models, *[dropdown for dropdown, _ in model_dropdowns]]
+    def launch_job(method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, obj,
+                   request: gr.Request):
+        form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, obj)
+        if sessions is None:
+            return submit_job(manager, *form)
+        return sessions.submit(session_owner(request), lambda: submit_job(manager, *form))
+
     launch.click(
-        lambda *form: submit_job(manager, *form),
+        launch_job,
         inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, obj],
         outputs=[launched],
         api_name="submit_job",
     )
+    method.change(lambda m: gr.update(choices=dataset_choices(settings, m), value=SYNTHETIC), inputs=[method],
+                  outputs=[dataset], api_name=False)
     cancel.click(lambda j: stop_job(manager, j), inputs=[job], outputs=[launched], api_name="cancel_job")
     resume.click(lambda j: resume_job(manager, j), inputs=[job], outputs=[launched], api_name="resume_job")
     refresh.click(lambda: job_rows(manager), outputs=[jobs], api_name="jobs")
