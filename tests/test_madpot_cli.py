@@ -63,6 +63,13 @@ def test_train_few_shot_saves_a_model_that_reproduces_its_metrics(synthetic, bac
     assert again["pixel_auroc"] == pytest.approx(meta["metrics"]["pixel_auroc"])
     images = [read_image(r.path).rgb() for r in splits.test[:2]]
     assert detector.predict(images)[0].shape == (2, 64, 64)
+    assert "without a calibrated scale" in printed and detector.calibration is None  # no normal left over
+    one_shot = tmp_path / "one"
+    assert main(["train", "madpot", "--data", str(synthetic.mvfa_root), "--object", "Retina", "--shots", "1",
+                 "--out", str(one_shot), *FAST]) == 0
+    calibrated = load_madpot(one_shot / "model", backbone)
+    assert calibrated.calibration is not None and calibrated.calibration.count == 1
+    assert json.loads((one_shot / "model.json").read_text())["training"]["held_out_normals"] == 1
 
 
 def test_zero_shot_and_cross_dataset_train_on_other_objects_only(synthetic, tmp_path, capsys):

@@ -189,8 +189,11 @@ def _run_train(args: argparse.Namespace) -> int:
                       else "last epoch (no selection on test data)"),
     }
     size = backbone.preprocess.image_size
+    calibration = None
+    if sources == [target]:  # zero-shot / cross-dataset runs see no image of the target before testing
+        calibration = _calibrate(model, backbone, args.data, target, training, cache, device, progress)
     path = save_madpot(out / "model", model, backbone=backbone.name, image_size=size,
-                       metrics={"object": target, **metrics}, training=training)
+                       metrics={"object": target, **metrics}, training=training, calibration=calibration)
     print(f"{target}: image AUROC {_fmt(metrics['image_auroc'])}, pixel AUROC {_fmt(metrics['pixel_auroc'])} "
           f"({training['selection']})")
     if fitted.prompt_mass is not None:
@@ -199,6 +202,30 @@ def _run_train(args: argparse.Namespace) -> int:
             config.mass, " ".join(f"{m:.3f}" for m in normal), " ".join(f"{m:.3f}" for m in abnormal)))
     print(f"saved the model to {path}")
     return 0
+
+
+def _calibrate(model: Any, backbone: Any, root: str, target: str, training: dict, cache: Any, device: str,
+               progress: bool) -> Any:
+    """Calibrate the scores on the target's valid/ normal images outside the support set (never
+    trained on; with --validation some of them also chose the epoch); None, with a warning, when
+    none is left."""
+    import torch
+
+    from medot.data.datasets import load_mvfa
+    from medot.methods.pradot.evaluation import calibrate
+    from medot.methods.pradot.training import encode_tokens
+
+    used = {path for support in training["support"].values() for path in support["images"]}
+    normals = [r.path for r in load_mvfa(root, target, "valid") if r.label == 0 and str(r.path) not in used]
+    if not normals:
+        print("warning: no valid/ normal image is left outside the support set: the model is saved without a "
+              "calibrated scale")
+        return None
+    tokens, _ = encode_tokens(backbone, normals, tuple(model.layers), cache=cache, progress=progress)
+    size = (backbone.preprocess.image_size,) * 2
+    source = f"{len(normals)} valid/ normal images of {target} outside the support set"
+    training["held_out_normals"] = len(normals)
+    return calibrate(lambda t: model(t, size), tokens, torch.device(device), source)
 
 
 def _fmt(value: float | None) -> str:

@@ -36,8 +36,10 @@ def save_madpot(
     image_size: int,
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    calibration: Any | None = None,
 ) -> Path:
-    """Write ``model`` as a medot checkpoint at ``path``; returns the tensor file's path."""
+    """Write ``model`` as a medot checkpoint at ``path``; returns the tensor file's path.
+    ``calibration``: a :class:`~medot.eval.calibration.NormalCalibration` on held-out normals."""
     method = MADPOT if isinstance(model, MadpotModel) else MVFA_BASELINE
     objects = list(model.object_names) if isinstance(model, MadpotModel) else [model.object_name]
     meta = {
@@ -53,6 +55,8 @@ def save_madpot(
         "metrics": metrics or {},
         "training": training or {},
     }
+    if calibration is not None:
+        meta["calibration"] = calibration.to_dict()
     return save_checkpoint(path, Checkpoint(model.learned_state(), meta))
 
 
