@@ -149,3 +149,15 @@ def test_a_madpot_job_becomes_a_command_the_cli_accepts(tmp_path):
     for bad in ("../etc", "-rf", "a b"):
         with pytest.raises(JobError, match="object must be a folder name"):
             validate_arguments("madpot", {"object": bad}, tmp_path, METHOD_ARGUMENTS)
+
+
+def test_benchmark_zero_shot_leaves_each_object_out(synthetic, tmp_path, capsys):
+    assert main(["benchmark", "madpot", "--data", str(synthetic.mvfa_root), "--objects", "Histo", "--zero-shot",
+                 "--shots", "1", "--seeds", "1", "--methods", "madpot,mvfa", "--out", str(tmp_path), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "zero-shot (leave one object out)" in printed
+    assert "Phantom: 1 normal + 1 abnormal" in printed and "Retina: 1 normal + 1 abnormal" in printed
+    assert "Histo: 1 normal" not in printed  # no shot of the held-out object
+    with (tmp_path / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["object"], r["method"], r["protocol"]) for r in rows] == [("Histo", "madpot", "zero-shot")]

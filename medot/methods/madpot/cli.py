@@ -61,6 +61,9 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
     benchmark.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default: 1 2 3)")
     benchmark.add_argument("--methods", default="madpot,mvfa,zeroshot,patchcore",
                            help="comma-separated methods (default: madpot,mvfa,zeroshot,patchcore)")
+    benchmark.add_argument("--zero-shot", action="store_true",
+                           help="leave-one-dataset-out: MADPOT trains on the k-shot supports of the other objects and "
+                           "is tested on each held-out one (mvfa and patchcore need shots of it and are skipped)")
     _add_model_options(benchmark)
     benchmark.add_argument("--out", default=None, help="folder for results.csv / results.json "
                            "(default: $MEDOT_HOME/benchmarks/madpot)")
@@ -173,11 +176,13 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"training cancelled; its state is in {out} (re-run with --resume to continue)")
         return EXIT_CANCELLED
     model = fitted.model
+    splits = test_splits(args.data, target)  # indexed only now, after training
     if sources != [target]:
         from medot.methods.madpot.config import object_prompt_name
 
         model.set_object(object_prompt_name(target, args.object_name))
-    metrics = evaluate(model, backbone, test_splits(args.data, target), cache=cache, device=device, progress=progress)
+        model.localised = splits.has_masks
+    metrics = evaluate(model, backbone, splits, cache=cache, device=device, progress=progress)
     training = {
         "status": fitted.result.status, "epochs": fitted.result.epochs_completed, "history": fitted.result.history,
         "fit_seconds": fit_seconds, "shots": args.shots, "seed": args.seed, "trained_on": sources,
@@ -248,9 +253,10 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     device = _device(args)
     backbone = create_backbone(args.backbone, device=device)
     rows = benchmark(backbone, args.data, objects, methods, args.shots, args.seeds, config, device=device,
-                     progress=not args.quiet)
+                     progress=not args.quiet, zero_shot=args.zero_shot, sources=mvfa_objects(args.data))
     table = summarise(rows)
-    print(f"backbone {backbone.name}; last epoch of each run (no selection on test data)")
+    protocol = "zero-shot (leave one object out)" if args.zero_shot else "few-shot"
+    print(f"backbone {backbone.name}; {protocol}; last epoch of each run (no selection on test data)")
     print(format_table(table))
     out = Path(args.out) if args.out else Settings.from_env().home / "benchmarks" / "madpot"
     out.mkdir(parents=True, exist_ok=True)
@@ -259,7 +265,8 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    summary = {"backbone": backbone.name, "data": str(args.data), "config": config.to_dict(), "methods": methods,
+    summary = {"backbone": backbone.name, "data": str(args.data), "protocol": protocol, "config": config.to_dict(),
+               "methods": methods,
                "shots": args.shots, "seeds": args.seeds, "table": table, "rows": rows}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out / 'results.csv'} and {out / 'results.json'}")

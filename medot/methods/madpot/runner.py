@@ -171,8 +171,14 @@ def benchmark(
     device: str = "cpu",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    zero_shot: bool = False,
+    sources: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (object, method, k, seed) with image / pixel AUROC on the object's test split."""
+    """One row per (object, method, k, seed) with image / pixel AUROC on the object's test split.
+
+    ``zero_shot``: leave-one-dataset-out -- MADPOT trains on the k-shot supports of every other
+    object of ``sources`` (default ``objects``) and scores the held-out one with its object name;
+    ``zeroshot`` needs no training; ``mvfa`` and ``patchcore`` need shots of the object and are skipped."""
     cache = cache or FeatureCache()
     unknown = [m for m in methods if m not in (MADPOT, MVFA_BASELINE, ZEROSHOT, PATCHCORE)]
     if unknown:
@@ -185,9 +191,19 @@ def benchmark(
                 for method in methods:
                     if method == ZEROSHOT and (k != shots[0] or seed != seeds[0]):
                         continue  # no training: one row per object
+                    if zero_shot and method in (MVFA_BASELINE, PATCHCORE):
+                        continue  # they need shots of the held-out object
                     started = time.perf_counter()
                     support = load_support(root, obj, k, seed)
-                    if method in (MADPOT, MVFA_BASELINE):
+                    if zero_shot and method == MADPOT:
+                        others = [o for o in (sources or objects) if o != obj]
+                        if not others:
+                            raise MadpotError(f"zero-shot on {obj} needs other objects to train on")
+                        fitted, _, _ = train_few_shot(method, backbone, [(root, o) for o in others], run_config,
+                                                      shots=k, cache=cache, device=device, progress=progress, log=log)
+                        model = fitted.model
+                        model.set_object(object_prompt_name(obj))
+                    elif method in (MADPOT, MVFA_BASELINE):
                         fitted, _, _ = train_few_shot(method, backbone, [(root, obj)], run_config, shots=k,
                                                       cache=cache, device=device, progress=progress, log=log)
                         model = fitted.model
@@ -198,8 +214,11 @@ def benchmark(
                         model = zeroshot_model(backbone, obj, support.has_masks)
                     fit_seconds = time.perf_counter() - started
                     splits = test_splits(root, obj, support)  # read only now, after training
+                    if zero_shot and method == MADPOT:
+                        model.localised = splits.has_masks
                     metrics = evaluate(model, backbone, splits, cache=cache, device=device, progress=progress)
                     row = {"object": obj, "method": method, "shots": 0 if method == ZEROSHOT else k,
+                           "protocol": "zero-shot" if zero_shot else "few-shot",
                            "seed": seed, **metrics, "fit_seconds": fit_seconds}
                     log(f"{obj} {method} k={row['shots']} seed={seed}: image AUROC {_fmt(row['image_auroc'])}, "
                         f"pixel AUROC {_fmt(row['pixel_auroc'])}")
