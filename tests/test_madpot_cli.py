@@ -161,3 +161,18 @@ def test_benchmark_zero_shot_leaves_each_object_out(synthetic, tmp_path, capsys)
     with (tmp_path / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["object"], r["method"], r["protocol"]) for r in rows] == [("Histo", "madpot", "zero-shot")]
+
+
+def test_predict_anomaly_reads_a_madpot_model(synthetic, backbone, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "madpot", "--data", str(synthetic.mvfa_root), "--object", "Retina", "--shots", "1",
+                 "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    image = sorted((synthetic.mvfa_root / "Retina_AD" / "test" / "Ungood" / "img").glob("*.png"))[0]
+    assert main(["predict-anomaly", str(image), "--model", str(out / "model"), "--out", str(tmp_path / "maps"),
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    detector = load_madpot(out / "model", backbone)
+    _, scores = detector.predict([read_image(image).rgb()])
+    assert printed["method"] == "madpot" and printed["calibrated"] is True
+    assert printed["results"][0]["score"] == pytest.approx(float(scores[0]), rel=1e-5)
