@@ -84,6 +84,20 @@ METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
         "method": Argument("choice", choices=("madpot", "mvfa")),
         "lr": Argument("float", 1e-8, 10.0),
     },
+    "optiml": {  # pretrains its own encoder: no --backbone
+        **{name: argument for name, argument in TRAIN_ARGUMENTS.items() if name != "backbone"},
+        "method": Argument("choice", choices=("optiml", "vicreg", "vicregl")),
+        "encoder": Argument("choice", choices=("lite", "resnet18", "resnet50")),
+        "no_cvsim": Argument("flag"),
+        "no_varcov": Argument("flag"),
+        "no_ot": Argument("flag"),
+        "alpha": Argument("float", 0.0, 1e4),
+        "beta": Argument("float", 0.0, 1e4),
+        "eta": Argument("float", 0.0, 1e4),
+        "epsilon": Argument("float", 1e-3, 10.0),
+        "image_size": Argument("int", 32, 1024),
+        "lr": Argument("float", 1e-8, 100.0),
+    },
 }
 
 
