@@ -69,6 +69,7 @@ def build_correspondence_tab(settings: Settings, device: str | None = None) -> g
             upload = gr.File(label=f"Image ({UPLOAD_KINDS})", type="filepath")
             gr.Examples([[str(path)] for path in example_images()], inputs=[upload], label="Bundled examples")
             model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Pretrained model",
+                                elem_id="correspondence-model",
                                 allow_custom_value=True)
             seed = gr.Number(value=0, precision=0, label="View seed")
             top_k = gr.Slider(1, 50, value=12, step=1, label="Matches shown")

@@ -35,7 +35,7 @@ from test_kmat import write_tiny_task  # noqa: E402
 
 USER, PASSWORD = "alice", "correct horse battery"
 LABELS = "normal, nodule, opacity"
-HIGH = "high-end prompts (w_H)"
+HIGH = "high"  # the modality radio's value for the high-end prompts
 
 
 def _error_text(call) -> str:
@@ -135,7 +135,8 @@ def test_models_written_after_start_up_are_accepted_by_the_manifold_and_coupling
     _, client, home, _ = locked
     stored = write_artefacts_checkpoint(home / "models" / "late" / "model", alpha=0.3, epsilon=0.2)
     figure = _figure(client.predict(str(stored), "", "tsne", False, api_name="/manifold"))
-    assert sum(len(trace["hovertext"]) for trace in figure["data"]) == 4 * 3  # w_H, w_L and both anchors
+    points = [trace for trace in figure["data"] if trace.get("meta") == "points"]  # not legend entries or links
+    assert sum(len(trace["hovertext"]) for trace in points) == 4 * 3  # w_H, w_L and both anchors
     gamma = _figure(client.predict(str(stored), 0.3, 0.2, api_name="/coupling"))["data"][0]
     plan = load_checkpoint(stored).tensors["artefacts.fgw_plan"].double().numpy()
     np.testing.assert_allclose(_array(gamma["z"]).astype(np.float64), plan, atol=1e-5)
