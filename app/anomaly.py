@@ -16,10 +16,10 @@ import gradio as gr
 import numpy as np
 
 from app.backbones import BackboneCache, describe
+from app.examples import build_example_gallery
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
-from app.models import ModelCache, listed_model, model_choices
+from app.models import ModelCache, listed_model, model_choices, refreshed
 from medot.config import Settings
-from medot.data.examples import example_images
 from medot.methods.madpot.config import MADPOT, MVFA_BASELINE
 from medot.methods.madpot.detector import load_madpot, zero_shot_detector
 from medot.methods.madpot.viz import assignment_image, assignment_summary
@@ -234,12 +234,14 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
     with gr.Row():
         with gr.Column():
             upload = gr.File(label=f"Image ({UPLOAD_KINDS})", type="filepath")
-            gr.Examples([[str(path)] for path in example_images()], inputs=[upload], label="Bundled examples")
+            build_example_gallery(upload)
             method = gr.Radio(list(METHODS), value="PRADOT", label="Method")
             # the list follows the Method radio; any listed checkpoint of either method is accepted
             # (``listed_model`` refuses every other path), so API calls need not set the radio first
-            model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="PRADOT model",
-                                allow_custom_value=True)
+            with gr.Row():
+                model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="PRADOT model",
+                                    allow_custom_value=True, scale=4, elem_id="anomaly-model")
+                refresh = gr.Button("↻ Refresh models", scale=1, size="sm", elem_id="anomaly-refresh")
             member = gr.Dropdown([("first ensemble member", 0)], value=0, label="Member for prototype look-up")
             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Map opacity")
             threshold = gr.Slider(0.0, DISPLAY_MAX, value=1.0, step=0.05,
@@ -259,6 +261,8 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
         api_name="detect_anomalies",
     )
     method.change(lambda label: _model_list(settings, label), inputs=[method], outputs=[model], api_name=False)
+    refresh.click(lambda label, current: refreshed(model_choices(settings, (METHODS[label],)), current),
+                  inputs=[method, model], outputs=[model], api_name="refresh_anomaly_models")
     model.change(lambda path: _member_choices(settings, path), inputs=[model], outputs=[member])
     for slider in (opacity, threshold):
         slider.release(render, inputs=[detection, opacity, threshold], outputs=[overlay], api_name=False)
