@@ -307,3 +307,16 @@ def test_dense_correspondences_of_a_trained_model(pretrained):
     assert again.truth == found.truth and np.array_equal(again.view_t, found.view_t)
     figure = correspondence_figure(found)
     assert sum(trace.line.color == "lime" for trace in figure.data[1:]) == 5
+
+
+def test_synth_writes_the_pretraining_pool_and_probe_set(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["synth", "--out", str(out), "--n-per-class", "4", "--size", "32", "--pretraining-pool", "5",
+                 "--quiet"]) == 0
+    assert len(list((out / "optiml" / "pool").glob("*.png"))) == 5
+    labelled = out / "optiml" / "labelled"
+    assert sorted(p.name for p in (labelled / "train").iterdir()) == ["nodule", "normal", "opacity"]
+    assert {len(list((labelled / split / "normal").glob("*.png"))) for split in ("train", "test")} == {3, 1}
+    splits = load_labelled_splits(labelled, seed=0)  # the probe set reads as an eval dataset
+    assert len(splits.val) == 3 and len(splits.test) == 3
+    assert "pretraining pool" in capsys.readouterr().out
