@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import gradio as gr
 
+from app.about import build_about_tab, build_header
 from app.anomaly import build_anomaly_tab
 from app.backbones import BackboneCache
 from app.classify import build_classify_tab, classifier_choices
@@ -38,9 +39,8 @@ from app.deployment import (
 )
 from app.feedback import set_upload_limits
 from app.manifolds import NONE, build_manifold_tab
-from app.models import model_choices
+from app.models import fill_on_load, model_choices
 from app.train import build_train_tab
-from medot import __version__
 from medot.backbones import available_backbones, resolve_auto
 from medot.config import Settings
 from medot.errors import MedotError
@@ -67,14 +67,8 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
     default = resolve_auto(settings.backbone)
     if default not in choices:
         choices.append(default)
-    unavailable = "; ".join(f"{s.name}: {s.detail}" for s in statuses if not s.available)
     with gr.Blocks(title="medot", delete_cache=(CACHE_AGE_S, CACHE_AGE_S)) as demo:
-        gr.Markdown(
-            f"# medot {__version__}\nOptimal-transport methods for medical imaging on frozen "
-            f"vision-language backbones. Default backbone: **{default}**"
-            + (" (not a clinical model)." if default == "lite" else ".")
-            + (f"\n\nUnavailable here: {unavailable}" if unavailable else "")
-        )
+        build_header(default, statuses, settings.home)
         with gr.Tab("Classify"):
             classify_model = build_classify_tab(backbones, settings, choices, default)
         with gr.Tab("Prompt manifolds"):
@@ -85,21 +79,20 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
             anomaly_model = build_anomaly_tab(backbones, settings)
         with gr.Tab("Dense correspondences"):
             correspondence_model = build_correspondence_tab(settings, device)
+        prompt_models = lambda: model_choices(settings, TRAINED_METHODS)  # noqa: E731
+        model_lists = [
+            (classify_model, lambda: classifier_choices(settings)),
+            (manifold_first, prompt_models),
+            (manifold_second, lambda: [("none", NONE), *prompt_models()]),
+            (coupling_model, prompt_models),
+            (anomaly_model, lambda: model_choices(settings, (PRADOT,))),
+            (correspondence_model, lambda: model_choices(settings, OPTIML_METHODS)),
+        ]
         with gr.Tab("Train"):
-            prompt_models = lambda: model_choices(settings, TRAINED_METHODS)  # noqa: E731
-            build_train_tab(
-                jobs,
-                settings,
-                [
-                    (classify_model, lambda: classifier_choices(settings)),
-                    (manifold_first, prompt_models),
-                    (manifold_second, lambda: [("none", NONE), *prompt_models()]),
-                    (coupling_model, prompt_models),
-                    (anomaly_model, lambda: model_choices(settings, (PRADOT,))),
-                    (correspondence_model, lambda: model_choices(settings, OPTIML_METHODS)),
-                ],
-                max_session_jobs=limits.max_session_jobs,
-            )
+            build_train_tab(jobs, settings, model_lists, max_session_jobs=limits.max_session_jobs)
+        with gr.Tab("About"):
+            build_about_tab()
+        fill_on_load(demo, model_lists)
     accept_listed_models([classify_model, manifold_first, manifold_second, coupling_model])
     share_heavy_group(demo, limits.concurrency)
     guard_errors(demo)
@@ -135,6 +128,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ):
         parser.add_argument(flag, type=int, default=_env_int(env, default),
                             help=f"{what} (default {default if default is not None else 'see'}, env {env})")
+    parser.add_argument("--share", action="store_true",
+                        help="also serve through a temporary public gradio.live link (for local users; see docs/space.md)")
     return parser.parse_args(argv)
 
 
@@ -175,7 +170,8 @@ def main(argv: Sequence[str] | None = None, *, block: bool = True) -> gr.Blocks:
         "serving on %s:%s, %s; %s", host, args.port, "login required" if credentials else "no login",
         limits)
     demo.launch(server_name=host, server_port=args.port, max_file_size=args.max_upload, show_error=False,
-                auth=credentials, state_session_capacity=limits.max_sessions, prevent_thread_lock=True)
+                auth=credentials, state_session_capacity=limits.max_sessions, prevent_thread_lock=True,
+                share=args.share)
     demo.medot_reaper = SessionReaper(demo, limits.session_ttl_s).start()
     if block:
         demo.block_thread()
