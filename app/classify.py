@@ -45,10 +45,7 @@ class PredictorCache:
 
     def get_probe(self, path: str) -> ProbeClassifier:
         """A linear-probe / fine-tuned classifier (its own encoder: no shared backbone)."""
-        with self._lock:
-            if path not in self._loaded:
-                self._loaded[path] = ProbeClassifier(path)
-            return self._loaded[path]
+        return self._loaded.get(path, lambda: ProbeClassifier(path), variant="probe-classifier")
 
 
 def classifier_choices(settings: Settings) -> list[tuple[str, str]]:
