@@ -123,7 +123,8 @@ def test_anomaly_tab_shows_the_libraries_calibrated_score_and_verdict(app, kind)
     for image in sorted((data_root / "mvtec" / "phantom" / "test").rglob("*.png"))[-2:]:
         panel, score, verdict, summary, prototype = _detect(client, image, path)
         maps, expected = detector.predict([view_image(detector.backbone, read_image(image).rgb())])
-        assert score == pytest.approx(float(expected[0]), rel=1e-4) == pytest.approx(float(maps[0].max()), rel=1e-4)
+        assert score == pytest.approx(float(expected[0]), abs=1e-4)  # the Number shows 4 decimals
+        assert float(expected[0]) == pytest.approx(float(maps[0].max()), rel=1e-6)
         word = calibration.verdict(float(expected[0])).capitalize()
         assert verdict.startswith(f"### {word}\n")
         assert f"{calibration.percentile(float(expected[0])):.0f}th percentile among normal images" in verdict
@@ -226,6 +227,18 @@ def test_training_job_finishes_and_its_model_is_listed(app):
         time.sleep(1)
     assert row[2] == "done", row
     assert row[7].endswith("model.safetensors")
+    import json
+
+    import torch
+
+    meta = json.loads(Path(row[7]).with_suffix(".json").read_text())
+    # the app's job, without a GPU: the CPU preset, one stride16 layer, trained on the normals not held out
+    assert meta["training"]["preset"] == "auto" and meta["training"]["status"] == "completed"
+    if not torch.cuda.is_available():
+        assert meta["layers"] == ["stride16"] and meta["hyperparameters"]["n_prototypes"] == 4
+    assert meta["training"]["train_images"] + meta["training"]["held_out_normals"] == 4
+    assert len(meta["calibration"]["image_scores"]) == meta["training"]["held_out_normals"]
+    assert 0.0 <= meta["metrics"]["image_auroc"] <= 1.0
     config = client.view_api(return_format="dict", print_info=False)
     assert config  # the API is still served
     from app.models import model_choices
