@@ -22,8 +22,9 @@ Issue #11's goals, side by side in one run (``--goals``), on the synthetic MVTec
   init, cold 100-iteration Sinkhorn, one batch of ``min(64, N)`` images) against the ``cpu`` preset
   (stride16, 4 prototypes per cell, data init, warm start with tolerance 1e-2, plan budget 2^21),
   on the same cached features: seconds and the ratio;
-* (g-b) **image and pixel AUROC** of the ``cpu`` preset (10 epochs), of the previous default
-  trained for ``--paper-epochs`` epochs, and of PatchCore on the same features;
+* (g-b) **image and pixel AUROC** of both one-epoch models, of the ``cpu`` preset (10 epochs), of
+  PatchCore on the same features, and last (slow) of the paper's sizes with and without the #11
+  training changes for ``--paper-epochs`` epochs (0 skips them);
 * (g-c) **the paper-sized step** (12,544 x 3,136 plan, C = 1024): the second of two consecutive
   steps, warm-started with tolerance 1e-2 against cold with 100 fixed iterations: time, Sinkhorn
   iterations and the L1 difference between the two plans (total mass 1).
@@ -198,41 +199,39 @@ def goals(backbone, benchmark, device: torch.device, cache: FeatureCache, paper_
     old_layers = tuple(backbone.default_layers[:2])
     cpu = PradotConfig.preset("cpu", tuple(backbone.default_layers))
     tokens, grids = encode_tokens(backbone, splits.train, old_layers, cache=cache, progress=False)
+    test_set = EvaluationSet.load(backbone, splits, old_layers, cache=cache, progress=False)
     size = (backbone.preprocess.image_size,) * 2
+    cpu_tokens = {k: tokens[k] for k in cpu.layers}
+    rows = []
+
+    def evaluate(name: str, model, seconds: float) -> None:
+        metrics = test_set.evaluate(lambda t: model(t, size), device)
+        rows.append((name, seconds, metrics))
+        print(f"    {name:<62} fit {seconds:7.1f} s  img AUROC {metrics['image_auroc']:.4f}  "
+              f"px AUROC {metrics['pixel_auroc']:.4f}", flush=True)
+
     print(f"(g-a) one epoch, lite, {len(splits.train)} normal images of {splits.name}, features cached, {device}:")
-    _, old_result, old_seconds = timed_training(previous_default(old_layers, 1), tokens, grids, device)
-    one = PradotConfig(**{**cpu.to_dict(), "epochs": 1})
-    _, new_result, new_seconds = timed_training(one, {k: tokens[k] for k in cpu.layers}, grids, device)
-    print(f"    previous default ({list(old_layers)}, 16/cell, 1 batch of {old_result.batch_size}, uniform, cold 100 it): "
-          f"{old_seconds:.1f} s")
+    new_model, new_result, new_seconds = timed_training(PradotConfig(**{**cpu.to_dict(), "epochs": 1}), cpu_tokens,
+                                                        grids, device)
+    iterations = np.mean([max(step.values()) for step in new_result.sinkhorn_iterations])
     print(f"    cpu preset ({list(cpu.layers)}, 4/cell, {new_result.batches_per_epoch} batches of <= "
           f"{new_result.batch_size}, data init, warm tol 1e-2): {new_seconds:.1f} s "
-          f"(mean Sinkhorn iterations per step {np.mean([max(s.values()) for s in new_result.sinkhorn_iterations]):.1f})")
-    print(f"    speed-up {old_seconds / new_seconds:.1f}x (goal >= 10x)")
+          f"(mean Sinkhorn iterations per step {iterations:.1f})", flush=True)
+    old_model, old_result, old_seconds = timed_training(previous_default(old_layers, 1), tokens, grids, device)
+    print(f"    previous default ({list(old_layers)}, 16/cell, 1 batch of {old_result.batch_size}, uniform, cold 100 it): "
+          f"{old_seconds:.1f} s")
+    print(f"    speed-up {old_seconds / new_seconds:.1f}x (goal >= 10x)", flush=True)
 
-    test_set = EvaluationSet.load(backbone, splits, old_layers, cache=cache, progress=False)
-    rows = []
-    cpu_model, cpu_result, cpu_seconds = timed_training(cpu, {k: tokens[k] for k in cpu.layers}, grids, device)
-    rows.append((f"PRADOT cpu preset, {cpu.epochs} epochs", cpu_seconds,
-                 test_set.evaluate(lambda t: cpu_model(t, size), device)))
-    paper = previous_default(old_layers, paper_epochs)
-    paper_model, _, paper_seconds = timed_training(paper, tokens, grids, device)
-    rows.append((f"PRADOT previous default, {paper_epochs} epochs", paper_seconds,
-                 test_set.evaluate(lambda t: paper_model(t, size), device)))
-    paper_data = PradotConfig(layers=old_layers, epochs=paper_epochs)
-    data_model, _, data_seconds = timed_training(paper_data, tokens, grids, device)
-    rows.append((f"PRADOT paper sizes + data init/warm start, {paper_epochs} epochs", data_seconds,
-                 test_set.evaluate(lambda t: data_model(t, size), device)))
+    print(f"(g-b) accuracy on {splits.name}'s {len(splits.test)} test images (seed {benchmark.seed}):")
+    evaluate("PRADOT previous default, 1 epoch", old_model, old_seconds)
+    evaluate("PRADOT cpu preset, 1 epoch", new_model, new_seconds)
+    cpu_model, _, cpu_seconds = timed_training(cpu, cpu_tokens, grids, device)
+    evaluate(f"PRADOT cpu preset, {cpu.epochs} epochs", cpu_model, cpu_seconds)
     for layers in (cpu.layers, old_layers):
         baseline = PatchCoreModel(layers, grids, PatchCoreConfig()).to(device)
         started = time.perf_counter()
         baseline.fit({k: tokens[k].to(device) for k in layers})
-        rows.append((f"PatchCore {list(layers)}", time.perf_counter() - started,
-                     test_set.evaluate(lambda t, b=baseline: b(t, size), device)))
-    print(f"(g-b) accuracy on {splits.name}'s {len(splits.test)} test images (seed {benchmark.seed}):")
-    for name, seconds, metrics in rows:
-        print(f"    {name:<58} fit {seconds:7.1f} s  img AUROC {metrics['image_auroc']:.4f}  "
-              f"px AUROC {metrics['pixel_auroc']:.4f}")
+        evaluate(f"PatchCore {list(layers)}", baseline, time.perf_counter() - started)
 
     print(f"(g-c) paper-sized step: plan {PAPER_BATCH * 196:,} x {PAPER_PROTOTYPES * 196:,}, C={PAPER_CHANNELS}, {device}:")
     generator = torch.Generator().manual_seed(0)
@@ -244,17 +243,26 @@ def goals(backbone, benchmark, device: torch.device, cache: FeatureCache, paper_
     bank.init_from_data(batches[0].cpu(), torch.Generator().manual_seed(1))
     bank.fit_batch(batches[0])
     timings = {}
-    for label, warm, tol in (("cold, 100 fixed iterations", False, 0.0), ("warm start, tol 1e-2", True, 1e-2)):
+    for label, warm, tol in (("cold", False, 0.0), ("warm", True, 1e-2)):
         bank.sinkhorn_tol = tol
         synchronize(device)
         started = time.perf_counter()
         solution = bank.transport_plan(batches[1], warm=warm)
         synchronize(device)
-        timings[label] = (time.perf_counter() - started, int(solution.diagnostics.iterations), solution.plan)
-    (cold_s, cold_it, cold_plan), (warm_s, warm_it, warm_plan) = timings.values()
-    print(f"    cold: {cold_s:.1f} s, {cold_it} iterations; warm: {warm_s:.1f} s, {warm_it} iterations; "
-          f"speed-up {cold_s / warm_s:.1f}x; plan L1 difference {float((warm_plan - cold_plan).abs().sum()):.4f} "
-          "(total mass 1)")
+        timings[label] = (time.perf_counter() - started, int(solution.diagnostics.iterations), solution.plan,
+                          float(solution.diagnostics.marginal_error))
+    (cold_s, cold_it, cold_plan, cold_err), (warm_s, warm_it, warm_plan, warm_err) = timings.values()
+    print(f"    cold, 100 fixed iterations: {cold_s:.1f} s (marginal error {cold_err:.4f}); warm, tol 1e-2: {warm_s:.1f} s, "
+          f"{warm_it} iterations (marginal error {warm_err:.4f}); speed-up {cold_s / warm_s:.1f}x; "
+          f"plan L1 difference {float((warm_plan - cold_plan).abs().sum()):.4f} (total mass 1)", flush=True)
+    del batches, bank, cold_plan, warm_plan
+
+    if paper_epochs > 0:
+        print(f"(g-b, slow) the paper's sizes ({list(old_layers)}, 16/cell, batches of 64) for {paper_epochs} epochs:")
+        model, _, seconds = timed_training(PradotConfig(layers=old_layers, epochs=paper_epochs), tokens, grids, device)
+        evaluate(f"PRADOT paper sizes, data init + warm start, {paper_epochs} epochs", model, seconds)
+        model, _, seconds = timed_training(previous_default(old_layers, paper_epochs), tokens, grids, device)
+        evaluate(f"PRADOT previous default, {paper_epochs} epochs", model, seconds)
 
 
 def main() -> None:
@@ -268,7 +276,7 @@ def main() -> None:
     )
     parser.add_argument("--goals", action="store_true", help="issue #11's side-by-side goals only")
     parser.add_argument("--paper-epochs", type=int, default=50,
-                        help="epochs of the previous-default run in --goals (default 50: hours on a CPU)")
+                        help="epochs of the paper-sized runs at the end of --goals (default 50: hours on a CPU; 0 skips)")
     parser.add_argument("--memory-worker", nargs=3, metavar=("GRID", "ITERATIONS", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
