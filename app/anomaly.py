@@ -10,7 +10,6 @@ own detector."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import gradio as gr
@@ -18,7 +17,7 @@ import numpy as np
 
 from app.backbones import BackboneCache, describe
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
-from app.models import listed_model, model_choices
+from app.models import ModelCache, listed_model, model_choices
 from medot.config import Settings
 from medot.data.examples import example_images
 from medot.methods.pradot.data import view_image
@@ -64,18 +63,16 @@ class Detection:
 
 
 class DetectorCache:
-    """PRADOT and PatchCore detectors, loaded once per checkpoint file on the shared backbones."""
+    """PRADOT and PatchCore detectors, loaded once per checkpoint content (:class:`ModelCache`) on
+    the shared backbones."""
 
     def __init__(self, backbones: BackboneCache) -> None:
         self._backbones = backbones
-        self._loaded: dict[str, BackboneDetector] = {}
-        self._lock = threading.Lock()
+        self._loaded: ModelCache[BackboneDetector] = ModelCache()
 
     def get(self, path: str, backbone_name: str, method: str = METHOD) -> BackboneDetector:
-        with self._lock:
-            if path not in self._loaded:
-                self._loaded[path] = LOADERS[method](path, self._backbones.get(backbone_name))
-            return self._loaded[path]
+        return self._loaded.get(path, lambda: LOADERS[method](path, self._backbones.get(backbone_name)),
+                                variant=f"{method}:{backbone_name}")
 
 
 def detect(detectors: DetectorCache, settings: Settings, file_path: str | None, model: str | None,

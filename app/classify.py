@@ -3,14 +3,12 @@ prompt-learning checkpoint (its classes, high-end or low-end prompts)."""
 
 from __future__ import annotations
 
-import threading
-
 import gradio as gr
 import numpy as np
 
 from app.backbones import BackboneCache, describe
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
-from app.models import listed_model, model_choices
+from app.models import ModelCache, listed_model, model_choices
 from medot.config import Settings
 from medot.data.examples import example_images
 from medot.methods.kmat.predictor import PromptPredictor, load_kmat_predictor
@@ -24,18 +22,15 @@ MODALITIES = {"high-end prompts (w_H)": "high", "low-end prompts (w_L)": "low"}
 
 
 class PredictorCache:
-    """Trained prompt predictors, loaded once per checkpoint file and backbone."""
+    """Trained prompt predictors, loaded once per checkpoint content (:class:`ModelCache`) and backbone."""
 
     def __init__(self, backbones: BackboneCache) -> None:
         self._backbones = backbones
-        self._loaded: dict[str, PromptPredictor] = {}
-        self._lock = threading.Lock()
+        self._loaded: ModelCache[PromptPredictor] = ModelCache()
 
     def get(self, path: str, backbone_name: str) -> PromptPredictor:
-        with self._lock:
-            if path not in self._loaded:
-                self._loaded[path] = load_kmat_predictor(path, self._backbones.get(backbone_name))
-            return self._loaded[path]
+        return self._loaded.get(path, lambda: load_kmat_predictor(path, self._backbones.get(backbone_name)),
+                                variant=backbone_name)
 
 
 def classifier_choices(settings: Settings) -> list[tuple[str, str]]:

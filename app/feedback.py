@@ -8,10 +8,18 @@ from pathlib import Path
 
 import gradio as gr
 
-from medot.data.io import MedicalImage, read_image, validate_upload
+from medot.data.io import DEFAULT_MAX_PIXELS, MedicalImage, read_image, validate_upload
 from medot.errors import MedotError
 
 UPLOAD_KINDS = "PNG, JPEG, BMP, TIFF, DICOM or .npy"
+#: longest side kept after decoding (the backbones see 224 px; a map overlay needs no more)
+MAX_SIDE = 1024
+_limits = {"max_pixels": DEFAULT_MAX_PIXELS}
+
+
+def set_upload_limits(max_pixels: int) -> None:
+    """The largest upload (pixels) this app decodes (:func:`app.deployment.pixel_limit`)."""
+    _limits["max_pixels"] = int(max_pixels)
 
 
 @contextmanager
@@ -24,12 +32,13 @@ def user_errors() -> Iterator[None]:
 
 
 def read_upload(path: str | None) -> MedicalImage:
-    """The uploaded file, checked by :func:`validate_upload` (size, magic bytes, header) before its
-    pixels are decoded."""
+    """The uploaded file, checked by :func:`validate_upload` (size, magic bytes, header, at most the
+    app's pixel limit) before its pixels are decoded, and downscaled to :data:`MAX_SIDE` right
+    after."""
     if not path:
         raise gr.Error(f"Upload an image first ({UPLOAD_KINDS}) or pick an example.", print_exception=False)
     name = Path(path).name
     with user_errors():
         data = Path(path).read_bytes()
-        validate_upload(data, name)
-        return read_image(data, name=name)
+        validate_upload(data, name, max_pixels=_limits["max_pixels"])
+        return read_image(data, name=name, max_pixels=_limits["max_pixels"], max_side=MAX_SIDE)

@@ -3,10 +3,14 @@ folder, where ``medot train`` writes by default, and the job folders)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Generic, TypeVar
 
-from medot.checkpoint import list_checkpoints
+from medot.checkpoint import checkpoint_paths, list_checkpoints
 from medot.config import Settings
 from medot.errors import CheckpointError
 
@@ -34,3 +38,44 @@ def listed_model(settings: Settings, path: str | None, methods: Collection[str])
         if str(found) == path and meta["method"] in methods:
             return meta
     raise CheckpointError("choose a model from the list (refresh it if a model was removed or just trained)")
+
+
+Model = TypeVar("Model")
+#: loaded models kept per cache (a PRADOT detector or prompt predictor is a few MB to a few 100 MB)
+CACHED_MODELS = 4
+
+
+def content_hash(path: str | Path) -> str | None:
+    """The SHA-256 of the checkpoint's tensors, as its sidecar records it (None if unreadable)."""
+    try:
+        meta = json.loads(checkpoint_paths(path)[1].read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return meta.get("tensors_sha256") if isinstance(meta, dict) else None
+
+
+class ModelCache(Generic[Model]):
+    """Models loaded from checkpoint files, keyed by path *and* content hash: a checkpoint saved
+    over (a job resumed, a model retrained into the same folder) is loaded afresh, never served
+    stale. At most ``size`` models are kept, the least recently used dropped first."""
+
+    def __init__(self, size: int = CACHED_MODELS) -> None:
+        self.size = size
+        self._loaded: OrderedDict[tuple[str, str | None, str], Model] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str | Path, load: Callable[[], Model], variant: str = "") -> Model:
+        """The model at ``path`` (``variant`` tells apart models built from one file differently),
+        calling ``load()`` unless the same content is cached."""
+        key = (str(path), content_hash(path), variant)
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            model = load()
+            for stale in [k for k in self._loaded if k[0] == key[0] and k[2] == variant]:
+                del self._loaded[stale]
+            self._loaded[key] = model
+            while len(self._loaded) > self.size:
+                self._loaded.popitem(last=False)
+            return model

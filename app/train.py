@@ -8,6 +8,7 @@ other tabs' model lists (refreshed by the same timer)."""
 from __future__ import annotations
 
 import importlib.util
+import threading
 from collections.abc import Callable, Sequence
 
 import gradio as gr
@@ -17,7 +18,8 @@ from app.feedback import user_errors
 from app.models import model_roots
 from medot.checkpoint import list_checkpoints
 from medot.config import Settings
-from medot.jobs import SYNTHETIC, JobManager, JobRecord
+from medot.jobs import SYNTHETIC, JobError, JobManager, JobRecord
+from medot.jobs.arguments import KMAT_PAPER_TASKS
 
 POLL_SECONDS = 2.0
 JOB_COLUMNS = ["job", "method", "status", "epoch", "loss", "dataset", "created", "model / error"]
@@ -29,9 +31,14 @@ def trainable_methods(manager: JobManager) -> list[str]:
     return [m for m in manager.methods if importlib.util.find_spec(f"medot.methods.{m}") is not None]
 
 
-def dataset_choices(settings: Settings) -> list[str]:
-    """The synthetic demo set, then the folders under the data root (two levels deep)."""
+def dataset_choices(settings: Settings, method: str | None = None) -> list[str]:
+    """What a ``method`` job can train on: the synthetic demo set, then for K-MaT the paper tasks and
+    the task JSON files under the data root (two levels deep), for the others the folders there."""
     root = settings.data_root
+    if method == "kmat":
+        files = sorted(str(p.relative_to(root)) for p in [*root.glob("*.json"), *root.glob("*/*.json")]
+                       if p.is_file()) if root.is_dir() else []
+        return [SYNTHETIC, *KMAT_PAPER_TASKS, *files]
     folders = sorted(str(p.relative_to(root)) for p in [*root.glob("*/"), *root.glob("*/*/")] if p.is_dir()) if root.is_dir() else []
     return [SYNTHETIC, *folders]
 
@@ -57,6 +64,44 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
     left_out = sorted(set(wanted) - set(accepted))
     note = f" ({', '.join(left_out)}: not taken by {method} jobs, its defaults apply)" if left_out else ""
     return f"Job {job_id} ({method}) queued{note}."
+
+
+class SessionJobs:
+    """At most ``limit`` queued or running jobs per session (the login name when the app has one,
+    else Gradio's session): who launched what is kept only while those jobs are active."""
+
+    def __init__(self, manager: JobManager, limit: int) -> None:
+        self.manager, self.limit = manager, limit
+        self._jobs: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, owner: str, submit: Callable[[], str]) -> str:
+        with self._lock:
+            active = {job for job in self._jobs.get(owner, set()) if self._active(job)}
+            if len(active) >= self.limit:
+                raise gr.Error(
+                    f"You already have {len(active)} job(s) queued or running ({', '.join(map(str, sorted(active)))}), "
+                    f"the most one session may have ({self.limit}); wait for one to finish or cancel one.",
+                    print_exception=False,
+                )
+            status = submit()
+            active.add(int(status.split()[1]))
+            self._jobs[owner] = active
+            for other in [key for key, jobs in self._jobs.items() if not jobs]:
+                del self._jobs[other]
+            return status
+
+    def _active(self, job_id: int) -> bool:
+        try:
+            return self.manager.registry.get(job_id).status in ("queued", "running")
+        except JobError:
+            return False
+
+
+def session_owner(request: gr.Request | None) -> str:
+    if request is None:
+        return ""
+    return f"user:{request.username}" if getattr(request, "username", None) else f"session:{request.session_hash}"
 
 
 def job_rows(manager: JobManager) -> list[list]:
@@ -145,8 +190,10 @@ def resume_job(manager: JobManager, job_id: int | None) -> str:
     return f"Job {job.id} is {job.status} again (resuming)."
 
 
-def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Sequence[ModelRefresher]) -> None:
+def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Sequence[ModelRefresher],
+                    max_session_jobs: int | None = None) -> None:
     methods = trainable_methods(manager)
+    sessions = SessionJobs(manager, max_session_jobs) if max_session_jobs else None
     gr.Markdown(
         f"Jobs run `medot train <method>` in a worker process and are kept in `{manager.registry.path}`. "
         f"Datasets: the synthetic demo set or a folder under the data root `{settings.data_root}`."
@@ -156,7 +203,8 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
     with gr.Row():
         with gr.Column():
             method = gr.Dropdown(methods, value=methods[0] if methods else None, label="Method")
-            dataset = gr.Dropdown(dataset_choices(settings), value=SYNTHETIC, label="Dataset", allow_custom_value=False)
+            dataset = gr.Dropdown(dataset_choices(settings, methods[0] if methods else None), value=SYNTHETIC,
+                                  label="Dataset", allow_custom_value=True)  # the job manager checks every value
             typed_path = gr.Textbox(label="…or a folder path under the data root", placeholder=str(settings.data_root))
             with gr.Row():
                 shots = gr.Number(4, label="Shots per class", precision=0, minimum=1)
@@ -194,12 +242,21 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
         return (job_rows(manager), job_ids(), *job_detail(manager, selected), *models_changed(seen))
 
     watch_outputs = [jobs, job, status, log, curve, known_models, *[dropdown for dropdown, _ in model_dropdowns]]
+    def launch_job(method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone,
+                   request: gr.Request):
+        form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone)
+        if sessions is None:
+            return submit_job(manager, *form)
+        return sessions.submit(session_owner(request), lambda: submit_job(manager, *form))
+
     launch.click(
-        lambda *form: submit_job(manager, *form),
+        launch_job,
         inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone],
         outputs=[launched],
         api_name="submit_job",
     )
+    method.change(lambda m: gr.update(choices=dataset_choices(settings, m), value=SYNTHETIC), inputs=[method],
+                  outputs=[dataset], api_name=False)
     cancel.click(lambda j: stop_job(manager, j), inputs=[job], outputs=[launched], api_name="cancel_job")
     resume.click(lambda j: resume_job(manager, j), inputs=[job], outputs=[launched], api_name="resume_job")
     refresh.click(lambda: job_rows(manager), outputs=[jobs], api_name="jobs")

@@ -17,7 +17,7 @@ from medot.errors import MedotError
 from medot.launch import launch_environment, rank_prefix, refuse_world
 
 #: method packages whose ``cli.register(commands, train_methods, benchmark_methods)`` adds sub-commands
-METHOD_CLIS = ("medot.methods.kmat.cli", "medot.methods.pradot.cli")
+METHOD_CLIS = ("medot.methods.kmat.cli", "medot.methods.pradot.cli", "medot.methods.optiml.cli")
 
 DESCRIPTION = """\
 medot - optimal-transport methods for medical imaging on frozen vision-language backbones.
@@ -50,6 +50,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         args.out, seed=args.seed, n_per_class=args.n_per_class, size=args.size, progress=not args.quiet
     )
     print(f"wrote the synthetic benchmark (seed {args.seed}) to {benchmark.root}")
+    if args.pretraining_pool:
+        from pathlib import Path
+
+        from medot.data.synthetic import PRETRAIN_DIR, write_pretraining_set
+
+        pretraining = write_pretraining_set(
+            Path(args.out) / PRETRAIN_DIR, seed=args.seed, n_pool=args.pretraining_pool,
+            n_per_class=max(args.n_per_class, 4), size=args.size, progress=not args.quiet,
+        )
+        print(f"wrote the OPTiML pretraining pool to {pretraining.pool} and its labelled set to {pretraining.labelled}")
     return 0
 
 
@@ -96,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     synth.add_argument("--n-per-class", type=int, default=20, help="cases per class and modality (default: 20)")
     synth.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
+    synth.add_argument(
+        "--pretraining-pool", type=int, default=0, metavar="N",
+        help="also write N unlabelled X-ray-like images for OPTiML pretraining and a labelled probe set "
+        "under OUT/optiml (default: 0, none)",
+    )
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(run=_cmd_synth)
 

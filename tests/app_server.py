@@ -23,14 +23,15 @@ def _free_port() -> int:
 class AppServer:
     """``python app.py`` in its own process group, on a free port, logging to ``home/app.log``."""
 
-    def __init__(self, home: Path, data_root: Path) -> None:
+    def __init__(self, home: Path, data_root: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        """``env`` adds to the environment, ``args`` to the command line (e.g. deployment limits)."""
         self.home, self.port = home, _free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = {**os.environ, "MEDOT_HOME": str(home), "MEDOT_DATA_ROOT": str(data_root), "MEDOT_BACKBONE": "lite",
-               "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+               "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
         self.log = (home / "app.log").open("a")
         self.process = subprocess.Popen(
-            [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(self.port), *args],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 180

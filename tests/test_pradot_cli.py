@@ -29,7 +29,7 @@ def lite():
 @pytest.fixture(autouse=True)
 def _reuse_lite(monkeypatch, lite):
     """Every command gets the already loaded lite backbone (loading it takes seconds)."""
-    monkeypatch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None: lite)
+    monkeypatch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None, **_: lite)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def run(argv: list[str]) -> int:
 def trained(synthetic, tmp_path_factory, lite):
     out = tmp_path_factory.mktemp("model")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None: lite)
+        patch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None, **_: lite)
         code = run(["train", "pradot", "--data", str(synthetic.mvtec_root), "--alpha", "0", "0.3",
                     "--epochs", "2", "--out", str(out), *FAST])
     assert code == 0

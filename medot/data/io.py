@@ -30,7 +30,14 @@ Intensity scaling to [0, 1]:
 
 Channels: gray stays ``HxW``; palettes become RGB; an alpha channel is composited over black,
 :math:`C' = \\alpha C`, which matches the black background of radiographs and scans.
-Multi-page TIFFs give the middle page, as multi-frame DICOM does; EXIF orientation is applied.
+Multi-page TIFFs give the middle page, as multi-frame DICOM does (at most
+:data:`DEFAULT_MAX_FRAMES` TIFF pages are accepted); EXIF orientation is applied.
+
+Downscaling (``max_side``): an image whose longer side exceeds ``max_side`` is reduced right after
+decoding by the integer factor :math:`k = \\lceil \\max(H, W) / \\text{max\\_side} \\rceil`, each output
+pixel the mean of a :math:`k \\times k` box (the last row/column of boxes averages the pixels it
+has) - Pillow's ``Image.reduce`` on the decoded samples where the mode allows, the same box mean on
+the scaled array otherwise. Backbones resize to 224 px anyway; the box mean avoids aliasing.
 """
 
 from __future__ import annotations
@@ -65,6 +72,12 @@ above twice its value) still caps PNG/JPEG/BMP/TIFF when a larger ``max_pixels``
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 """Largest file or upload read by default."""
+
+DEFAULT_MAX_FRAMES = 1000
+"""Most pages a TIFF may have: Pillow counts pages by walking every one, so the directory chain is
+walked first and the walk stops here."""
+
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F"})  # modes Image.reduce accepts
 
 SUPPORTED_FORMATS = ("png", "jpeg", "bmp", "tiff", "dicom", "npy")
 
@@ -130,12 +143,15 @@ def read_image(
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_side: int | None = None,
 ) -> MedicalImage:
     """Read an image from a path or from the bytes of an upload (``name`` labels messages).
 
     The header is checked first (as in :func:`validate_upload`), then the pixels are decoded and
-    scaled to [0, 1] as described in the module docstring. Raises :class:`ImageReadError` for a
-    missing, empty, oversized, truncated, corrupt, non-image, NaN/Inf-containing or constant input.
+    scaled to [0, 1] as described in the module docstring; with ``max_side``, an image with a longer
+    side is box-downscaled right after decoding (module docstring). Raises :class:`ImageReadError`
+    for a missing, empty, oversized, truncated, corrupt, non-image, NaN/Inf-containing or constant
+    input.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -150,8 +166,23 @@ def read_image(
     if fmt == "dicom":
         array, original_dtype, metadata = _decode_dicom(opened, label)
     else:
-        array, original_dtype, metadata = _decode_raster(opened, fmt, label)
+        array, original_dtype, metadata = _decode_raster(opened, fmt, label, max_side)
+    if max_side is not None and max(array.shape[:2]) > max_side:
+        metadata.setdefault("downscaled_from", tuple(array.shape[:2]))
+        array = box_downscale(array, -(-max(array.shape[:2]) // max_side))
     return MedicalImage(_checked_pixels(array, label), fmt, original_dtype, metadata)
+
+
+def box_downscale(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each ``factor x factor`` box of ``pixels`` (``HxW`` or ``HxWxC``); the last row and
+    column of boxes average the pixels they hold. Output ``ceil(H/k) x ceil(W/k)``."""
+    if factor <= 1:
+        return pixels
+    height, width = pixels.shape[:2]
+    rows, cols = np.arange(0, height, factor), np.arange(0, width, factor)
+    sums = np.add.reduceat(np.add.reduceat(pixels.astype(np.float32), rows, axis=0), cols, axis=1)
+    counts = np.outer(np.diff(np.append(rows, height)), np.diff(np.append(cols, width))).astype(np.float32)
+    return sums / (counts if pixels.ndim == 2 else counts[..., None])
 
 
 def _read_file(path: Path, label: str, max_bytes: int) -> bytes:
@@ -246,6 +277,8 @@ def _inspect_pil(data: bytes, fmt: str, label: str, max_pixels: int) -> Image.Im
             f"{label}: the {fmt.upper()} header is truncated or corrupt ({exc})."
         ) from exc
     _check_pixel_count(image.height, image.width, label, max_pixels)
+    if fmt == "tiff":
+        _count_tiff_pages(data, label)
     return image
 
 
@@ -303,7 +336,7 @@ def _inspect_dicom(data: bytes, label: str, max_pixels: int) -> pydicom.Dataset:
 
 
 def _decode_raster(
-    source: Image.Image | bytes, fmt: str, label: str
+    source: Image.Image | bytes, fmt: str, label: str, max_side: int | None = None
 ) -> tuple[np.ndarray, str, dict]:
     """Decode a Pillow image or ``.npy`` bytes to unit-range samples (module docstring rules)."""
     if fmt == "npy":
@@ -311,7 +344,7 @@ def _decode_raster(
             array = np.load(io.BytesIO(source), allow_pickle=False)
         metadata: dict[str, Any] = {}
     else:
-        array, metadata = _pil_array(source, fmt, label)
+        array, metadata = _pil_array(source, fmt, label, max_side)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     _check_finite(array, label)
@@ -325,7 +358,7 @@ def _decode_raster(
     return pixels, str(array.dtype), metadata
 
 
-def _pil_array(image: Image.Image, fmt: str, label: str) -> tuple[np.ndarray, dict]:
+def _pil_array(image: Image.Image, fmt: str, label: str, max_side: int | None = None) -> tuple[np.ndarray, dict]:
     with _decoder_errors(label, fmt.upper()):
         frames = getattr(image, "n_frames", 1)
         image.seek(frames // 2)
@@ -334,7 +367,30 @@ def _pil_array(image: Image.Image, fmt: str, label: str) -> tuple[np.ndarray, di
     metadata = {"mode": image.mode, "frame_index": frames // 2, "number_of_frames": frames}
     if image.mode not in _ARRAY_MODES:
         image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+    if max_side is not None and max(image.size) > max_side and image.mode in _REDUCIBLE_MODES:
+        metadata["downscaled_from"] = (image.height, image.width)
+        image = image.reduce(-(-max(image.size) // max_side))  # before the float copy: the memory peak
     return np.asarray(image), metadata
+
+
+def _count_tiff_pages(data: bytes, label: str) -> None:
+    """Walk the chain of image file directories (TIFF 6.0 section 2; BigTIFF) and refuse a file with
+    more than :data:`DEFAULT_MAX_FRAMES` pages before Pillow counts them one by one."""
+    order = "little" if data[:2] == b"II" else "big"
+    big = int.from_bytes(data[2:4], order) == 43
+    offset = int.from_bytes(data[8:16] if big else data[4:8], order)
+    count_size, entry_size, offset_size = (8, 20, 8) if big else (2, 12, 4)
+    seen: set[int] = set()
+    while offset and offset not in seen and offset + count_size <= len(data):
+        seen.add(offset)
+        if len(seen) > DEFAULT_MAX_FRAMES:
+            raise ImageReadError(
+                f"{label}: more than {DEFAULT_MAX_FRAMES} pages; medot reads one page (the middle one): save "
+                "that page, or a smaller stack, as its own file."
+            )
+        entries = int.from_bytes(data[offset : offset + count_size], order)
+        start = offset + count_size + entries * entry_size
+        offset = int.from_bytes(data[start : start + offset_size], order)
 
 
 def _to_unit_range(array: np.ndarray) -> np.ndarray:

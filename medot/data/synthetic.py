@@ -553,3 +553,67 @@ def ensure_synthetic_benchmark(root: str | Path, n_per_class: int = DEMO_CASES_P
     if not complete:
         write_synthetic_benchmark(root, seed=0, n_per_class=n_per_class)
     return root
+
+
+# --------------------------------------------------------------------------- OPTiML pretraining set
+
+PRETRAIN_DIR = "optiml"
+_POOL_STREAM, _PROBE_STREAM = 3, 4
+
+
+@dataclass(frozen=True)
+class PretrainingSet:
+    """Where :func:`write_pretraining_set` put the unlabelled pool and the labelled probe set."""
+
+    root: Path
+    pool: Path
+    labelled: Path
+    n_pool: int
+    n_per_class: int
+
+
+def write_pretraining_set(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    n_pool: int = 300,
+    n_per_class: int = 30,
+    size: int = 224,
+    progress: bool = True,
+) -> PretrainingSet:
+    """The OPTiML synthetic data: an unlabelled pool of ``n_pool`` X-ray-like projections (classes
+    drawn uniformly, no labels kept) under ``<out>/pool/NNNNN.png`` and a labelled probe set of
+    ``n_per_class`` other cases per class under ``<out>/labelled/{train,test}/<class>/`` (70 % /
+    30 %). Pool and probe cases come from separate seed streams (no image is in both). ``out_dir``
+    must be new, empty or a previous output of this function."""
+    if seed < 0 or n_pool < 2 or n_per_class < 4 or size < MIN_SIZE:
+        raise SyntheticBenchmarkError(
+            f"pretraining set: need seed >= 0, n_pool >= 2, n_per_class >= 4 and size >= {MIN_SIZE}; "
+            f"got {seed}, {n_pool}, {n_per_class}, {size}"
+        )
+    root = Path(out_dir)
+    if root.is_dir() and any(root.iterdir()):
+        if not _is_synthetic_output(root):
+            raise SyntheticBenchmarkError(f"{root} is not empty and holds no synthetic {MANIFEST_NAME}; refusing to write into it")
+        shutil.rmtree(root / "pool", ignore_errors=True)
+        shutil.rmtree(root / "labelled", ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    settings = {"seed": seed, "size": size, "n_pool": n_pool, "n_per_class": n_per_class, "classes": list(LESION_CLASSES)}
+    _write_manifest(root, settings, None)
+    rng = np.random.default_rng((seed, _POOL_STREAM))
+    lesions = rng.integers(0, len(LESION_CLASSES), size=n_pool)
+    n_test = max(1, round(0.3 * n_per_class))
+    with tqdm(total=n_pool + len(LESION_CLASSES) * n_per_class, desc="pretraining set", unit="case", disable=not progress) as bar:
+        for index, label in enumerate(lesions):
+            case = render_case(LESION_CLASSES[int(label)], (seed, _POOL_STREAM, index), size)
+            _save_png(root / "pool" / f"{index:05d}.png", case.xray)
+            bar.update()
+        for label, lesion in enumerate(LESION_CLASSES):
+            for index in range(n_per_class):
+                split = "test" if index < n_test else "train"
+                case = render_case(lesion, (seed, _PROBE_STREAM, label, index), size)
+                _save_png(root / "labelled" / split / lesion / f"{lesion}_{index:04d}.png", case.xray)
+                bar.update()
+    counts = {"pool": n_pool, "train": n_per_class - n_test, "test": n_test}
+    _write_manifest(root, settings, {"optiml": {"pool": "pool", "labelled": "labelled", "counts_per_class": counts}})
+    return PretrainingSet(root, root / "pool", root / "labelled", n_pool, n_per_class)

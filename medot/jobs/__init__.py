@@ -17,7 +17,7 @@ Example::
     manager.cancel(job); manager.resume(job)
 """
 
-from medot.jobs.arguments import METHOD_ARGUMENTS, SYNTHETIC, TRAIN_ARGUMENTS, Argument, cli_flags
+from medot.jobs.arguments import METHOD_ARGUMENTS, SYNTHETIC, TRAIN_ARGUMENTS, Argument, capped_arguments, cli_flags
 from medot.jobs.protocol import (
     EVENTS_FILE_ENV,
     EXIT_CANCELLED,
@@ -38,6 +38,7 @@ __all__ = [
     "SYNTHETIC",
     "TRAIN_ARGUMENTS",
     "Argument",
+    "capped_arguments",
     "JobError",
     "JobManager",
     "JobRecord",

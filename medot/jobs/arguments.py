@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,13 +21,17 @@ from medot.config import confine_path
 from medot.jobs.registry import JobError
 
 SYNTHETIC = "synthetic"
+#: K-MaT's paper tasks, named datasets of ``medot train kmat`` (the keys of
+#: :data:`medot.methods.prompt_learning.crossmodal.PAPER_TASKS`; spelt out to keep torch out of here)
+KMAT_PAPER_TASKS = ("skin_midas", "skin_derm7pt", "breast", "chest")
 
 
 @dataclass(frozen=True)
 class Argument:
     """One accepted argument. ``kind``: "int"/"float" (within [``minimum``, ``maximum``]),
     "choice" (one of ``choices``), "flag" (a bool; True passes ``--name``), "path" (inside the data
-    root) or "dataset" (a path inside the data root, or :data:`SYNTHETIC`)."""
+    root) or "dataset" (a path inside the data root, :data:`SYNTHETIC`, or one of ``choices``:
+    named datasets such as K-MaT's paper tasks)."""
 
     kind: Literal["int", "float", "choice", "flag", "path", "dataset"]
     minimum: float | None = None
@@ -49,12 +53,19 @@ TRAIN_ARGUMENTS: dict[str, Argument] = {
 METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
     "kmat": {
         **TRAIN_ARGUMENTS,
+        "dataset": Argument("dataset", choices=KMAT_PAPER_TASKS),
         "method": Argument("choice", choices=("kmat", "coop", "cocoop", "kgcoop", "biomedcoop")),
         "shots": Argument("int", 1, 1024),
         "lr": Argument("float", 1e-8, 10.0),
         "patience": Argument("int", 1, 10_000),
         "lambda_anc": Argument("float", 0.0, 1e4),
         "lambda_fgw": Argument("float", 0.0, 1e4),
+        "descriptions": Argument("path"),
+        "kgcoop_lambda": Argument("float", 0.0, 1e4),
+        "biomedcoop_lambda1": Argument("float", 0.0, 1e4),
+        "biomedcoop_lambda2": Argument("float", 0.0, 1e4),
+        "biomedcoop_tau": Argument("float", 1e-3, 100.0),
+        "cocoop_width": Argument("int", 1, 65_536),
     },
     "pradot": {
         **TRAIN_ARGUMENTS,
@@ -64,7 +75,39 @@ METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
         "plan_budget": Argument("int", 1, 2**40),
         "init": Argument("choice", choices=("data", "uniform")),
     },
+    "optiml": {  # pretrains its own encoder: no --backbone
+        **{name: argument for name, argument in TRAIN_ARGUMENTS.items() if name != "backbone"},
+        "method": Argument("choice", choices=("optiml", "vicreg", "vicregl")),
+        "encoder": Argument("choice", choices=("lite", "resnet18", "resnet50")),
+        "no_cvsim": Argument("flag"),
+        "no_varcov": Argument("flag"),
+        "no_ot": Argument("flag"),
+        "alpha": Argument("float", 0.0, 1e4),
+        "beta": Argument("float", 0.0, 1e4),
+        "eta": Argument("float", 0.0, 1e4),
+        "epsilon": Argument("float", 1e-3, 10.0),
+        "image_size": Argument("int", 32, 1024),
+        "lr": Argument("float", 1e-8, 100.0),
+    },
 }
+
+
+def capped_arguments(
+    methods: Mapping[str, Mapping[str, Argument]] | None = None, **maxima: float
+) -> dict[str, dict[str, Argument]]:
+    """``methods`` (default :data:`METHOD_ARGUMENTS`) with the numeric arguments named in ``maxima``
+    capped there (``capped_arguments(epochs=200, shots=32)``): a deployment's budget, never above
+    the command's own maximum."""
+    methods = METHOD_ARGUMENTS if methods is None else methods
+    capped = {}
+    for method, accepted in methods.items():
+        capped[method] = dict(accepted)
+        for name, cap in maxima.items():
+            argument = accepted.get(name)
+            if argument is not None and argument.kind in ("int", "float"):
+                top = cap if argument.maximum is None else min(cap, argument.maximum)
+                capped[method][name] = replace(argument, maximum=top)
+    return capped
 
 
 def validate_arguments(
@@ -113,7 +156,7 @@ def _check(name: str, value: Any, argument: Argument, data_root: Path) -> Any:
         if value not in argument.choices:
             raise JobError(f"{name} must be one of {', '.join(argument.choices)}, got {value!r}")
         return value
-    if argument.kind == "dataset" and value == SYNTHETIC:
+    if argument.kind == "dataset" and (value == SYNTHETIC or value in argument.choices):
         return value
     path = confine_path(value, data_root)
     if not path.exists():

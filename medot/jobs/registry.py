@@ -173,9 +173,19 @@ class JobRegistry:
         return [JobRecord.from_row(row) for row in rows]
 
     # ------------------------------------------------------------------ transitions
-    def create(self, method: str, arguments: dict[str, Any], jobs_dir: Path) -> JobRecord:
-        """A new queued job whose files live in ``jobs_dir/<id>``."""
+    def create(self, method: str, arguments: dict[str, Any], jobs_dir: Path, max_active: int | None = None) -> JobRecord:
+        """A new queued job whose files live in ``jobs_dir/<id>``; refused (:class:`JobError`) when
+        ``max_active`` jobs are already queued or running (counted in the same transaction)."""
         with self._connect() as connection, _transaction(connection):
+            if max_active is not None:
+                active = connection.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+                ).fetchone()[0]
+                if active >= max_active:
+                    raise JobError(
+                        f"{active} jobs are already queued or running here, the most this app allows "
+                        f"({max_active}); wait for one to finish or cancel one"
+                    )
             cursor = connection.execute(
                 "INSERT INTO jobs (method, arguments, status, created_at, job_dir, log_path, events_path) "
                 "VALUES (?, ?, 'queued', ?, '', '', '')",

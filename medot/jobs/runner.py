@@ -8,7 +8,8 @@ cannot take the app down. Its exit decides its status:
 * stopped by :meth:`JobManager.cancel` -> cancelled (its resumable state stays);
 * exited 0 having written ``model.safetensors`` -> done (``checkpoint_path`` = that file);
 * stopped by a signal from outside (exit 75 or 130, or killed by one) -> interrupted;
-* any other exit status -> failed (``error`` = the end of its log).
+* any other exit status -> failed (``error`` = the reason its log gives on the first line, then
+  the end of its log).
 
 A job whose process is no child of this app - the app restarted - is left running while its
 process (checked by pid *and* start token, :mod:`medot.jobs.processes`) lives, and once it is gone
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from medot.jobs.arguments import METHOD_ARGUMENTS, Argument, cli_flags, validate_arguments
+from medot.jobs.datasets import check_job_dataset
 from medot.jobs.processes import job_process_state, process_token, signal_job_process
 from medot.jobs.protocol import EVENTS_FILE_ENV, EXIT_CANCELLED, MODEL_FILE, read_event_records, read_events
 from medot.jobs.registry import REGISTRY_FILE, JobError, JobRecord, JobRegistry, JobStatus
@@ -67,7 +69,8 @@ class _Outcome(NamedTuple):
 
 class JobManager:
     """Submits, watches, cancels and resumes training jobs of the registry ``home/jobs.sqlite3``
-    (job directories under ``home/jobs``); user paths must lie under ``data_root``.
+    (job directories under ``home/jobs``); user paths must lie under ``data_root``; at most
+    ``max_active`` jobs may be queued or running at once (None: no limit).
 
     Safe to share between threads; several managers (processes) may use one registry. Creating one
     reconciles the registry at once (jobs left running by a previous app become interrupted once
@@ -83,6 +86,7 @@ class JobManager:
         command_for: CommandBuilder = medot_train_command,
         methods: Mapping[str, Mapping[str, Argument]] = METHOD_ARGUMENTS,
         cancel_grace_s: float = 15.0,
+        max_active: int | None = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
@@ -93,6 +97,7 @@ class JobManager:
         self.command_for = command_for
         self.methods = methods
         self.cancel_grace_s = cancel_grace_s
+        self.max_active = max_active
         self.registry = JobRegistry(self.home / REGISTRY_FILE)
         self._lock = threading.RLock()
         self._children: dict[int, tuple[int, subprocess.Popen]] = {}  # job id -> (attempt, its process)
@@ -101,9 +106,11 @@ class JobManager:
     # ------------------------------------------------------------------ requests
     def submit(self, method: str, args: Mapping[str, Any]) -> int:
         """Queue a ``method`` training job with ``args`` (checked by
-        :func:`~medot.jobs.arguments.validate_arguments`) and start it if a slot is free."""
+        :func:`~medot.jobs.arguments.validate_arguments`, its dataset by
+        :func:`~medot.jobs.datasets.check_job_dataset`) and start it if a slot is free."""
         arguments = validate_arguments(method, args, self.data_root, self.methods)
-        job_id = self.registry.create(method, arguments, self.jobs_dir).id
+        check_job_dataset(method, arguments.get("dataset"), self.home, self.data_root)
+        job_id = self.registry.create(method, arguments, self.jobs_dir, max_active=self.max_active).id
         self.refresh()
         return job_id
 
@@ -204,7 +211,9 @@ class JobManager:
         if code in (EXIT_CANCELLED, EXIT_KEYBOARD_INTERRUPT):
             return _Outcome("interrupted", f"stopped by a signal from outside (exit status {code}); resume to continue")
         tail = self.log_tail(record.id)
-        return _Outcome("failed", f"the training command exited with status {code}; its log ends:\n{tail}")
+        return _Outcome(
+            "failed", f"{_reason(tail)} (the training command exited with status {code}); its log ends:\n{tail}"
+        )
 
     def _judge_by_events(self, record: JobRecord) -> _Outcome:
         events = read_event_records(record.events_path)
@@ -319,6 +328,16 @@ def _tail(path: Path, n: int) -> str:
         if redraws:
             shown.append(redraws[-1])
     return "\n".join(shown[max(0, len(shown) - n) :])
+
+
+def _reason(log_tail: str) -> str:
+    """The line of a failed command's log that says why: its last ``medot: error:`` line (what the
+    CLI prints for a user error), else the last line of a traceback, else the last line."""
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("medot: error:"):
+            return line.removeprefix("medot: error:").strip()
+    return lines[-1] if lines else "no output"
 
 
 def _signal_name(number: int) -> str:

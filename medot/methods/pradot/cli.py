@@ -210,7 +210,7 @@ def _run_train(args: argparse.Namespace) -> int:
     name = resolve_class(args.data, args.name)
     splits = load_anomaly_splits(args.data, name)
     device = _device(args)
-    backbone = create_backbone(args.backbone, device=device)
+    backbone = create_backbone(args.backbone, device=device, image_only=True)
     config = _config(args, backbone, device)
     progress = not args.quiet
     train_paths, held_out = hold_out_normals(splits.train, args.calibration_fraction, args.seed)
@@ -343,7 +343,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     _, available = anomaly_classes(args.data)
     names = [resolve_class(args.data, name) for name in args.names] if args.names else list(available)
     device = _device(args)
-    backbone = create_backbone(args.backbone, device=device)
+    backbone = create_backbone(args.backbone, device=device, image_only=True)
     config = _config(args, backbone, device)
     patchcore = PatchCoreConfig(coreset_ratio=args.coreset_ratio, reweight=args.reweight, seed=args.seed)
     rows: list[dict[str, Any]] = []

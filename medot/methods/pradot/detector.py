@@ -171,7 +171,7 @@ def checkpoint_backbone(
     if backbone is None or isinstance(backbone, str):
         from medot.backbones import create_backbone
 
-        backbone = create_backbone(backbone or trained_on, device=device)
+        backbone = create_backbone(backbone or trained_on, device=device, image_only=True)
     if backbone.name != trained_on:
         raise CheckpointError(
             f"this {label} model was trained on backbone {trained_on!r}, not {backbone.name!r}: "

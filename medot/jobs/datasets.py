@@ -1,0 +1,67 @@
+"""Whether a training job can read its dataset, checked before the job is queued.
+
+A job that cannot read its data should be refused with the reason on submission, not fail minutes
+later in its worker with "exited with status 2". The check indexes files (no pixel is decoded, no
+backbone loaded) with the same functions the method's command uses:
+
+* ``kmat`` - :func:`medot.methods.prompt_learning.crossmodal.resolve_task`: a paper task name
+  (its folders must exist under the data root) or a task JSON file (parsed, every path it names
+  confined to the data root); a plain image folder is not a cross-modal task;
+* ``pradot`` - :func:`medot.methods.pradot.data.anomaly_classes` and ``load_anomaly_splits``: an
+  MVTec AD / MVFA folder holding one category or object (a job has no ``--category``).
+
+``synthetic`` is always accepted (written on first use); methods without a check pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from medot.config import Settings
+from medot.errors import MedotError
+from medot.jobs.arguments import SYNTHETIC
+from medot.jobs.registry import JobError
+
+
+def _kmat(dataset: str, home: Path, data_root: Path) -> None:
+    from medot.methods.prompt_learning.crossmodal import PAPER_TASKS, resolve_task
+
+    if Path(dataset).is_dir():
+        raise JobError(
+            f"K-MaT trains on a cross-modal task, not on one folder ({dataset}): choose 'synthetic', a paper task "
+            f"({', '.join(PAPER_TASKS)}) or a task JSON file under the data root (format: docs/methods/kmat.md)"
+        )
+    task = resolve_task(dataset, Settings(home=home, data_root=data_root, backbone="auto"))
+    if not task.classes:
+        raise JobError(f"the task {task.name!r} has no classes")
+
+
+def _pradot(dataset: str, home: Path, data_root: Path) -> None:  # noqa: ARG001 - same signature as the others
+    from medot.methods.pradot.data import anomaly_classes, load_anomaly_splits
+
+    layout, names = anomaly_classes(dataset)
+    if len(names) != 1:
+        raise JobError(
+            f"{dataset} holds {len(names)} {layout} classes ({', '.join(names)}); a PRADOT job trains on one: "
+            "point it at a folder that holds only that class (e.g. a folder with a link to it)"
+        )
+    if not load_anomaly_splits(dataset, names[0]).train:
+        raise JobError(f"{dataset}: no normal training images for {names[0]!r}")
+
+
+DATASET_CHECKS: dict[str, Callable[[str, Path, Path], None]] = {"kmat": _kmat, "pradot": _pradot}
+
+
+def check_job_dataset(method: str, dataset: str | None, home: Path, data_root: Path) -> None:
+    """Raise :class:`JobError` saying why a ``method`` job could not read ``dataset`` (a checked
+    argument: ``synthetic``, a paper task name or an absolute path inside the data root)."""
+    check = DATASET_CHECKS.get(method)
+    if check is None or dataset is None or dataset == SYNTHETIC:
+        return
+    try:
+        check(dataset, home, data_root)
+    except JobError:
+        raise
+    except MedotError as error:
+        raise JobError(f"dataset {dataset}: {error}") from None
