@@ -1,10 +1,12 @@
-"""Classify tab: an image -> class probabilities, zero-shot (typed labels) or from a trained K-MaT /
-prompt-learning checkpoint (its classes, the prompts of the image's modality), with their evidence
-(:func:`medot.eval.evidence.prediction_evidence`: what the scores are, chance level, the model's
-held-out figures, a DICOM modality mismatch).
+"""Classify tab: an image -> class probabilities, zero-shot (typed labels), from a trained K-MaT /
+prompt-learning checkpoint (its classes, the prompts of the image's modality), or from a
+linear-probe / fine-tuned classifier saved by ``medot eval ... --save-models`` (its classes), with
+their evidence (:func:`medot.eval.evidence.prediction_evidence`: what the scores are, chance level,
+the model's held-out figures, a DICOM modality mismatch).
 
 Only the inputs the chosen model uses are shown: labels and backbone for zero-shot, the modality
-(named as the model names it, pre-selected from a DICOM Modality tag) for a trained model."""
+(named as the model names it, pre-selected from a DICOM Modality tag) for a trained K-MaT /
+prompt-learning model, neither for a probe classifier (it has its own encoder and one input)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from medot.data.modality import display_name, match_modality
 from medot.eval.evidence import prediction_evidence
 from medot.methods.kmat.predictor import PromptPredictor, load_kmat_predictor
 from medot.methods.kmat.runner import TRAINED_METHODS
+from medot.methods.optiml.classifier import CLASSIFIER_METHODS, ProbeClassifier
 from medot.methods.pradot.data import view_image
 from medot.zeroshot import parse_labels, zero_shot_probabilities
 
@@ -40,9 +43,20 @@ class PredictorCache:
         return self._loaded.get(path, lambda: load_kmat_predictor(path, self._backbones.get(backbone_name)),
                                 variant=backbone_name)
 
+    def get_probe(self, path: str) -> ProbeClassifier:
+        """A linear-probe / fine-tuned classifier (its own encoder: no shared backbone)."""
+        with self._lock:
+            if path not in self._loaded:
+                self._loaded[path] = ProbeClassifier(path)
+            return self._loaded[path]
+
 
 def classifier_choices(settings: Settings) -> list[tuple[str, str]]:
-    return [("zero-shot (the labels typed below)", ZERO_SHOT), *model_choices(settings, TRAINED_METHODS)]
+    return [
+        ("zero-shot (the labels typed below)", ZERO_SHOT),
+        *model_choices(settings, TRAINED_METHODS),
+        *model_choices(settings, CLASSIFIER_METHODS),
+    ]
 
 
 def modality_choices(meta: dict | None) -> list[tuple[str, str]]:
@@ -68,9 +82,11 @@ def shown_inputs(settings: Settings, model: str | None, file_path: str | None, c
     if model in (None, "", ZERO_SHOT):
         return gr.update(visible=True), gr.update(visible=True), gr.update(visible=False)
     try:
-        meta = listed_model(settings, model, TRAINED_METHODS)
+        meta = listed_model(settings, model, (*TRAINED_METHODS, *CLASSIFIER_METHODS))
     except Exception:  # a model removed since the list was drawn: the classification says so
         return gr.update(visible=False), gr.update(visible=False), gr.update(visible=True)
+    if meta["method"] in CLASSIFIER_METHODS:  # its own encoder, one input: nothing to choose
+        return gr.update(visible=False), gr.update(visible=False), gr.update(visible=False)
     modalities = meta.get("modalities") or {}
     side = match_modality(dicom_tag(file_path), (modalities.get("high", ""), modalities.get("low", "")))
     value = side or (current_side if current_side in SIDES else "high")
@@ -102,6 +118,16 @@ def classify(
             probabilities = zero_shot_probabilities(backbone, [image], labels)[0]
             meta = None
             source = "zero-shot on the typed labels"
+        elif listed_model(settings, model, (*TRAINED_METHODS, *CLASSIFIER_METHODS))["method"] in CLASSIFIER_METHODS:
+            classifier = predictors.get_probe(model)
+            probabilities = classifier.predict_proba([image.pixels])[0]
+            labels = list(classifier.class_names)
+            meta = classifier.meta
+            source = (f"{meta['method']} classifier on encoder {meta['backbone']} ({meta['arch']}), "
+                      f"{meta['fraction']:g} % of the labels, seed {meta['seed']}")
+            view = (np.repeat(image.pixels[..., None], 3, axis=2) if image.pixels.ndim == 2 else image.pixels)
+            info = f"Not a clinical model unless trained on clinical data.  \nModel: {source}."
+            return dict(zip(labels, probabilities.tolist(), strict=True)), (view * 255).round().astype(np.uint8), info
         else:
             meta = listed_model(settings, model, TRAINED_METHODS)
             trained_on = meta["backbone"]

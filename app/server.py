@@ -1,7 +1,7 @@
 """Build and serve the medot app (``python app.py --help``).
 
 One module per tab (:mod:`app.classify`, :mod:`app.manifolds`, :mod:`app.coupling`,
-:mod:`app.anomaly`, :mod:`app.train`); each only calls :mod:`medot`. Settings come from the
+:mod:`app.anomaly`, :mod:`app.correspondence`, :mod:`app.train`); each only calls :mod:`medot`. Settings come from the
 environment (:class:`medot.config.Settings`: ``MEDOT_HOME``, ``MEDOT_DATA_ROOT``,
 ``MEDOT_BACKBONE``; ``MEDOT_HOST`` / ``MEDOT_PORT`` for the address, loopback by default;
 ``MEDOT_AUTH`` / ``MEDOT_AUTH_FILE`` for a login). The endpoints that run models share one queue
@@ -23,6 +23,7 @@ from app.about import build_about_tab, build_header
 from app.anomaly import build_anomaly_tab
 from app.backbones import BackboneCache
 from app.classify import build_classify_tab, classifier_choices
+from app.correspondence import build_correspondence_tab
 from app.coupling import build_coupling_tab
 from app.deployment import (
     CACHE_AGE_S,
@@ -45,6 +46,7 @@ from medot.config import Settings
 from medot.errors import MedotError
 from medot.jobs import JobManager, capped_arguments
 from medot.methods.kmat.runner import TRAINED_METHODS
+from medot.methods.optiml.config import METHODS as OPTIML_METHODS
 from medot.methods.pradot.detector import METHOD as PRADOT
 
 MAX_UPLOAD = "50mb"
@@ -75,6 +77,8 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
             coupling_model = build_coupling_tab(settings)
         with gr.Tab("Anomaly localisation"):
             anomaly_model = build_anomaly_tab(backbones, settings)
+        with gr.Tab("Dense correspondences"):
+            correspondence_model = build_correspondence_tab(settings, device)
         prompt_models = lambda: model_choices(settings, TRAINED_METHODS)  # noqa: E731
         model_lists = [
             (classify_model, lambda: classifier_choices(settings)),
@@ -82,6 +86,7 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
             (manifold_second, lambda: [("none", NONE), *prompt_models()]),
             (coupling_model, prompt_models),
             (anomaly_model, lambda: model_choices(settings, (PRADOT,))),
+            (correspondence_model, lambda: model_choices(settings, OPTIML_METHODS)),
         ]
         with gr.Tab("Train"):
             build_train_tab(jobs, settings, model_lists, max_session_jobs=limits.max_session_jobs)

@@ -44,7 +44,7 @@ RESUME_NOTES = {
 TRAINING_ENDED = ("done", "early_stop")
 #: form field -> job argument name (the K-MaT variant is the ``method`` argument of `medot train kmat`)
 FIELD_ARGUMENTS = {"shots": "shots", "lambda_anc": "lambda_anc", "lambda_fgw": "lambda_fgw", "variant": "method",
-                   "n_prototypes": "n_prototypes", "backbone": "backbone"}
+                   "n_prototypes": "n_prototypes", "backbone": "backbone", "object": "object"}
 
 
 def trainable_methods(manager: JobManager) -> list[str]:
@@ -66,7 +66,7 @@ def dataset_choices(settings: Settings, method: str | None = None) -> list[str]:
 
 def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, shots: float, epochs: float,
                seed: float, lambda_anc: float, lambda_fgw: float, backbone: str, variant: str | None = None,
-               n_prototypes: float | None = None) -> str:
+               n_prototypes: float | None = None, obj: str | None = None) -> str:
     """Queue a job; returns a status line. Arguments a method's job does not accept are left out."""
     if method not in manager.methods:
         raise gr.Error(f"Choose a training method: {', '.join(manager.methods)}.", print_exception=False)
@@ -81,6 +81,7 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
         "backbone": backbone,
         "method": variant or None,
         "n_prototypes": n_prototypes or None,  # 0 or empty: the method's preset decides
+        "object": (obj or "").strip() or None,
     }
     arguments = {name: value for name, value in wanted.items() if name in accepted and value is not None}
     with user_errors():
@@ -331,6 +332,8 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
                                          minimum=0, elem_id="train-prototypes", visible=takes["n_prototypes"])
                 choices = backbone_choices(manager)
                 backbone = gr.Dropdown(choices, value="auto", label="Backbone", visible=takes["backbone"])
+            obj = gr.Textbox("", label="Object (the MVFA <Obj>_AD folder, e.g. Retina on the synthetic set)",
+                             elem_id="train-object", visible=takes["object"])
             launch = gr.Button("Launch training job", variant="primary")
             launched = gr.Markdown()
         with gr.Column(scale=3):
@@ -345,7 +348,7 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             status = gr.Markdown(elem_id="job-status")
             curve = gr.Plot(label="Loss")
             log = gr.Code(label="Log (last lines)", language=None, lines=10)
-    fields = [shots, lambda_anc, lambda_fgw, variant, n_prototypes, backbone]
+    fields = [shots, lambda_anc, lambda_fgw, variant, n_prototypes, backbone, obj]
     method.change(lambda m: shown_fields(manager, m), inputs=[method], outputs=fields, api_name=False)
     unpack.click(lambda a, n, m: import_dataset(settings, a, n, m), inputs=[archive, archive_name, method],
                  outputs=[imported, dataset], api_name="import_dataset")
@@ -365,15 +368,15 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
 
     watch_outputs = [jobs, job, status, log, curve, known_models, *[dropdown for dropdown, _ in model_dropdowns]]
     def launch_job(method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone,
-                   variant=None, n_prototypes=None, request: gr.Request = None):
-        form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes)
+                   variant=None, n_prototypes=None, obj=None, request: gr.Request = None):
+        form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj)
         if sessions is None:
             return submit_job(manager, *form)
         return sessions.submit(session_owner(request), lambda: submit_job(manager, *form))
 
     launch.click(
         launch_job,
-        inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes],
+        inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj],
         outputs=[launched],
         api_name="submit_job",
     )

@@ -17,7 +17,8 @@ from medot.errors import MedotError
 from medot.launch import launch_environment, rank_prefix, refuse_world
 
 #: method packages whose ``cli.register(commands, train_methods, benchmark_methods)`` adds sub-commands
-METHOD_CLIS = ("medot.methods.kmat.cli", "medot.methods.pradot.cli", "medot.methods.optiml.cli")
+METHOD_CLIS = ("medot.methods.kmat.cli", "medot.methods.pradot.cli", "medot.methods.madpot.cli",
+               "medot.methods.optiml.cli")
 
 DESCRIPTION = """\
 medot - optimal-transport methods for medical imaging on frozen vision-language backbones.

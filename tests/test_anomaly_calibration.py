@@ -111,7 +111,7 @@ def trained(tmp_path_factory, lite):
                                           progress=False)
     out = tmp_path_factory.mktemp("model")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None: lite)
+        patch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None, **_: lite)
         assert run(register, ["train", "pradot", "--data", str(synthetic.mvtec_root), "--epochs", "1", "--out",
                               str(out), "--layers", "stride16", "--n-prototypes", "2", "--device", "cpu",
                               "--quiet"]) == 0
@@ -157,7 +157,7 @@ def test_predict_anomaly_prints_the_calibrated_score_and_verdict(trained, lite, 
                                                                  monkeypatch) -> None:
     from medot.methods.pradot.cli import register
 
-    monkeypatch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None: lite)
+    monkeypatch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None, **_: lite)
     synthetic, out = trained
     images = [synthetic.mvtec_root / "phantom/test/nodule/000.png", synthetic.mvtec_root / "phantom/test/good/000.png"]
     detector, maps, scores = _expected(out / stem, images, lite)

@@ -290,3 +290,20 @@ def test_app_jobs_build_a_valid_optiml_command(tmp_path):
     )
     with pytest.raises(JobError, match="does not take backbone"):
         validate_arguments("optiml", {"backbone": "lite"}, tmp_path, METHOD_ARGUMENTS)
+
+
+def test_dense_correspondences_of_a_trained_model(pretrained):
+    from medot.methods.optiml.correspondence import correspondence_figure, dense_correspondences
+
+    pool, _, result = pretrained
+    image = pool[0][0].numpy()
+    found = dense_correspondences(result.task.model, image, seed=4, top_k=5)
+    assert found.view_s.shape == (SIZE, SIZE) and found.grid == (4, 4) and len(found.matches) == 5
+    masses = [m for *_, m in found.matches]
+    assert masses == sorted(masses, reverse=True) and sum(masses) <= 1.0 + 1e-6
+    assert 0.0 <= found.agree_ot <= 1.0 and 0.0 <= found.agree_nn <= 1.0
+    # the true correspondence is the geometric one of the same seeded views training draws
+    again = dense_correspondences(result.task.model, image, seed=4, top_k=5)
+    assert again.truth == found.truth and np.array_equal(again.view_t, found.view_t)
+    figure = correspondence_figure(found)
+    assert sum(trace.line.color == "lime" for trace in figure.data[1:]) == 5

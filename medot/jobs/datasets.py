@@ -5,8 +5,10 @@ later in its worker with "exited with status 2". The check indexes files (no pix
 backbone loaded) with the same functions the method's command uses:
 
 * ``kmat`` - :func:`medot.methods.prompt_learning.crossmodal.resolve_task`: a paper task name
-  (its folders must exist under the data root) or a task JSON file (parsed, every path it names
-  confined to the data root); a plain image folder is not a cross-modal task;
+  (its folders must exist under the data root), a task folder (``<high>/{train,val,test}/<class>/``
+  + ``<low>/test/<class>/``, every split's class checks run at training time) or a task JSON file
+  (parsed, every path it names confined to the data root); a plain image folder is not a
+  cross-modal task;
 * ``pradot`` - :func:`medot.methods.pradot.data.anomaly_classes` and ``load_anomaly_splits``: an
   MVTec AD / MVFA folder holding one category or object (a job has no ``--category``).
 
@@ -27,12 +29,20 @@ from medot.jobs.registry import JobError
 def _kmat(dataset: str, home: Path, data_root: Path) -> None:
     from medot.methods.prompt_learning.crossmodal import PAPER_TASKS, resolve_task
 
+    from medot.methods.prompt_learning.crossmodal import FOLDER_LAYOUT, TaskError
+
+    settings = Settings(home=home, data_root=data_root, backbone="auto")
     if Path(dataset).is_dir():
-        raise JobError(
-            f"K-MaT trains on a cross-modal task, not on one folder ({dataset}): choose 'synthetic', a paper task "
-            f"({', '.join(PAPER_TASKS)}) or a task JSON file under the data root (format: docs/methods/kmat.md)"
-        )
-    task = resolve_task(dataset, Settings(home=home, data_root=data_root, backbone="auto"))
+        try:
+            resolve_task(dataset, settings)  # a task folder (FOLDER_LAYOUT) is a cross-modal task
+        except TaskError as error:
+            raise JobError(
+                f"K-MaT trains on a cross-modal task, not on one folder ({dataset}): choose 'synthetic', a paper task "
+                f"({', '.join(PAPER_TASKS)}), a task folder {FOLDER_LAYOUT}, or a task JSON file under the data root "
+                f"(format: docs/methods/kmat.md); {error}"
+            ) from None
+        return
+    task = resolve_task(dataset, settings)
     if not task.classes:
         raise JobError(f"the task {task.name!r} has no classes")
 
