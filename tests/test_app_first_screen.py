@@ -13,7 +13,8 @@ from gradio_client import Client  # noqa: E402
 from app_server import AppServer  # noqa: E402
 from kmat_checkpoint import write_artefacts_checkpoint  # noqa: E402
 
-MODEL_LISTS = ("classify-model", "manifold-model", "manifold-second", "coupling-model", "anomaly-model")
+MODEL_LISTS = ("classify-model", "manifold-model", "manifold-second", "coupling-model", "anomaly-model",
+               "correspondence-model")
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +48,16 @@ def test_every_model_list_is_filled_on_page_load_with_models_written_after_start
     on_load = [d for d in client.config["dependencies"] if any(t[1] == "load" for t in d["targets"])]
     filled = {ids[i] for d in on_load for i in d["outputs"] if i in ids}
     assert filled == set(MODEL_LISTS)
-    lists = client.predict("zero-shot", None, "", None, None, api_name="/model_lists")
-    classify, first, second, coupling, anomaly = lists
+    (fill,) = [d for d in on_load if d.get("api_name") == "model_lists"]
+    order = [ids[i] for i in fill["inputs"]]
+    current = {"classify-model": "zero-shot", "manifold-second": ""}
+    lists = dict(zip(order, client.predict(*[current.get(name) for name in order], api_name="/model_lists"),
+                     strict=True))
+    classify, first, second, coupling, anomaly = (lists[name] for name in MODEL_LISTS[:5])
     assert model in _values(classify) and "zero-shot" in _values(classify)
     assert model in _values(first) and model in _values(coupling)
     assert "" in _values(second) and model in _values(second)
-    assert model not in _values(anomaly)  # a K-MaT model is no anomaly detector
+    assert model not in _values(anomaly) and model not in _values(lists["correspondence-model"])  # other kinds
     assert (classify["value"], first["value"], second["value"]) == ("zero-shot", model, "")
 
 
