@@ -8,10 +8,10 @@ from __future__ import annotations
 import gradio as gr
 
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
-from app.models import ModelCache, listed_model, model_choices
+from app.examples import build_example_gallery
+from app.models import listed_model, model_choices, refreshed
 from medot.checkpoint import load_checkpoint
 from medot.config import Settings
-from medot.data.examples import example_images
 from medot.methods.optiml.config import METHODS
 
 NOTE = (
@@ -64,10 +64,11 @@ def build_correspondence_tab(settings: Settings, device: str | None = None) -> g
     with gr.Row():
         with gr.Column():
             upload = gr.File(label=f"Image ({UPLOAD_KINDS})", type="filepath")
-            gr.Examples([[str(path)] for path in example_images()], inputs=[upload], label="Bundled examples")
-            model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Pretrained model",
-                                elem_id="correspondence-model",
-                                allow_custom_value=True)
+            build_example_gallery(upload)
+            with gr.Row():
+                model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Pretrained model",
+                                    allow_custom_value=True, scale=4, elem_id="correspondence-model")
+                refresh = gr.Button("↻ Refresh models", scale=1, size="sm", elem_id="correspondence-refresh")
             seed = gr.Number(value=0, precision=0, label="View seed")
             top_k = gr.Slider(1, 50, value=12, step=1, label="Matches shown")
             run = gr.Button("Show correspondences", variant="primary")
@@ -80,6 +81,8 @@ def build_correspondence_tab(settings: Settings, device: str | None = None) -> g
         outputs=[plot, summary],
         api_name="dense_correspondences",
     )
+    refresh.click(lambda current: refreshed(model_choices(settings, METHODS), current), inputs=[model],
+                  outputs=[model], api_name="refresh_correspondence_models")
     gr.Markdown("### Embeddings before vs after pretraining\n" + EMBEDDING_NOTE)
     with gr.Row():
         folder = gr.Textbox(label="Labelled folder under the data root (train/<class>/ images)")
