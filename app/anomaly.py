@@ -48,6 +48,17 @@ class Detection:
     score: float
 
 
+class MapThreshold(gr.Slider):
+    """The threshold slider, whose range follows the last map drawn in the session. A value outside
+    that range (an API call's default, a value from an earlier map) is passed on, not refused:
+    :func:`detect` puts the threshold back at the new map's maximum, :func:`render` outlines nothing."""
+
+    is_template = True  # drawn by Gradio's own slider
+
+    def preprocess(self, payload: float | None) -> float | None:
+        return None if payload is None else float(payload)
+
+
 class DetectorCache:
     """PRADOT and PatchCore detectors, loaded once per checkpoint content (:class:`ModelCache`) on
     the shared backbones."""
@@ -142,8 +153,8 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
                                 allow_custom_value=True)
             member = gr.Dropdown([("first ensemble member", 0)], value=0, label="Member for prototype look-up")
             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Map opacity")
-            threshold = gr.Slider(0.0, 1.0, value=1.0, label="Threshold (map units; region outlined)",
-                                  interactive=False)
+            threshold = MapThreshold(0.0, 1.0, value=1.0, label="Threshold (map units; region outlined)",
+                                     interactive=False)
             run = gr.Button("Detect anomalies", variant="primary")
         with gr.Column():
             overlay = gr.Image(label="Anomaly map (click a point: its matched prototype)", type="numpy",

@@ -113,6 +113,10 @@ def test_anomaly_localisation_with_a_trained_pradot_model(app):
     assert threshold["value"] == threshold["maximum"] == pytest.approx(score, abs=1e-4)  # slider: map range, at its max
     assert f"{score:.4f}" in summary
     assert np.asarray(Image.open(overlay)).shape == (224, 224, 3)
+    # the slider's range now follows this map; a second call in the same session with the API's
+    # default threshold (above the map's range) is not refused (#13)
+    _, again, _, threshold = client.predict(handle_file(str(image)), str(model), 0.5, 1.0, api_name="/detect_anomalies")
+    assert again == pytest.approx(score, rel=1e-6) and threshold["value"] == pytest.approx(score, abs=1e-4)
 
 
 def test_anomaly_localisation_with_the_patchcore_baseline(app):
