@@ -31,3 +31,11 @@ class PathNotAllowedError(MedotError):
 
 class OTError(MedotError):
     """An optimal-transport solve failed (non-finite values, no feasible plan)."""
+
+
+class OTConvergenceWarning(UserWarning):
+    """An optimal-transport solve stopped at its iteration budget before meeting its tolerance.
+
+    Issued once per call site (Python's default warning filter), like POT's ``UserWarning``; the
+    message names the fix to try. ``result.diagnostics.converged`` says which problems missed.
+    """

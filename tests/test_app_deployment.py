@@ -411,7 +411,7 @@ def test_a_job_dataset_is_checked_before_it_is_queued(data_root, tmp_path):
     root, outside = data_root
     manager = JobManager(tmp_path, root, command_for=_sleeper, cancel_grace_s=2)
     refused = {
-        ("kmat", "bench/kmat/ct"): "K-MaT trains on a cross-modal task, not on one folder",
+        ("kmat", "bench/kmat/ct"): "is not a task folder",
         ("kmat", "chest"): "the 'chest' task needs its data under",
         ("kmat", "tasks/dotdot.json"): "outside the data root",
         ("pradot", "bench"): "does not follow a known dataset layout",

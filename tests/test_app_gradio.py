@@ -188,6 +188,11 @@ def _job_row(client: Client, job_id: int) -> list:
     return next(row for row in table["data"] if int(row[0]) == job_id)
 
 
+# The job tests assert outcomes, not speed: on a loaded 2-core machine one tiny PRADOT job (or the
+# wait for its slot) can take minutes, so the deadline only guards against a job that never ends.
+JOB_WAIT_S = 900
+
+
 def _submit(client: Client, epochs: int) -> int:
     status = client.predict("pradot", "mvtec", "", 4, epochs, 0, 1.0, 1.0, "lite", api_name="/submit_job")
     return int(status.split()[1])
@@ -196,7 +201,7 @@ def _submit(client: Client, epochs: int) -> int:
 def test_training_job_finishes_and_its_model_is_listed(app):
     _, client, _, _ = app
     job_id = _submit(client, epochs=1)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + JOB_WAIT_S
     while (row := _job_row(client, job_id))[2] in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(1)
     assert row[2] == "done", row
@@ -214,7 +219,7 @@ def test_training_job_finishes_and_its_model_is_listed(app):
 def test_a_running_job_can_be_cancelled_and_resumed(app):
     _, client, _, _ = app
     job_id = _submit(client, epochs=500)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + JOB_WAIT_S
     while _job_row(client, job_id)[2] != "running" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _job_row(client, job_id)[2] == "running"

@@ -133,7 +133,7 @@ def test_cross_entropy_is_f_cross_entropy_on_cosine_logits(backbone, knowledge):
     assert float(terms["loss"]) == float(terms["ce"])
 
 
-def test_kgcoop_term_matches_hand_computation(backbone):
+def test_kgcoop_term_is_the_authors_mean_one_minus_cosine(backbone):
     torch.manual_seed(0)
     prompts = PromptLearner(backbone, CLASSES)
     reference = template_embeddings(backbone, CLASSES)
@@ -141,10 +141,31 @@ def test_kgcoop_term_matches_hand_computation(backbone):
     images, labels = torch.randn(3, backbone.embed_dim), torch.tensor([0, 1, 2])
     terms = task.training_step((images, labels))
     with torch.no_grad():
-        w = F.normalize(prompts(HIGH), dim=-1)
-    expected = sum(float(((w[i] - reference[i]) ** 2).sum()) for i in range(3)) / 3
-    assert float(terms["kg"]) == pytest.approx(expected, rel=1e-5)
-    assert float(terms["loss"]) == pytest.approx(float(terms["ce"]) + 8.0 * expected, rel=1e-5)
+        w = prompts(HIGH)
+    # KgCoOp's code: score = 1 - mean(cos(w_i, w_i^clip)); loss = ce + 8 * score
+    cosines = [float(w[i] @ reference[i] / (w[i].norm() * reference[i].norm())) for i in range(3)]
+    expected = 1.0 - sum(cosines) / 3
+    assert expected > 1e-4  # not trivially zero
+    assert float(terms["kg"]) == pytest.approx(expected, abs=1e-6)
+    assert float(terms["loss"]) == pytest.approx(float(terms["ce"]) + 8.0 * expected, abs=1e-5)
+    # half the paper's squared distance between unit vectors
+    squared = sum(float(((F.normalize(w[i], dim=0) - reference[i]) ** 2).sum()) for i in range(3)) / 3
+    assert float(terms["kg"]) == pytest.approx(squared / 2, abs=1e-6)
+
+
+def test_kgcoop_reference_is_the_prompt_learner_at_the_template_context(backbone):
+    """KgCoOp pulls w_i toward w_i^clip: with the context set to "a photo of a" the learner must
+    reproduce that reference exactly (same space, same orientation), so L_kg is 0 there."""
+    prompts = PromptLearner(backbone, CLASSES)
+    ids, _ = backbone.tokenize(["a photo of a"])
+    with torch.no_grad():
+        prompts.context.copy_(backbone.token_embedding(ids[0, 1:5]).float()[None, None])
+        w = prompts(HIGH)
+    reference = template_embeddings(backbone, CLASSES)
+    assert torch.allclose(F.normalize(w, dim=-1), reference, atol=1e-5)
+    task = KgCoOpTask(prompts, reference, 8.0, modalities=MODALITIES, hyper_parameters={})
+    terms = task.training_step((torch.randn(3, backbone.embed_dim), torch.tensor([0, 1, 2])))
+    assert float(terms["kg"]) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_biomedcoop_terms_match_hand_computation(backbone, knowledge):
@@ -269,7 +290,7 @@ def test_high_end_data_refuses_low_end_files(backbone, task):
 
 
 def test_too_few_shots_is_a_clear_error(task):
-    with pytest.raises(DatasetLayoutError, match="6-shot sampling needs 6 images per class"):
+    with pytest.raises(DatasetLayoutError, match=r"class 'nodule' has 5 image\(s\) in the ct train split .* --shots 6"):
         task.high_end_data(6, seed=1)
 
 

@@ -34,11 +34,15 @@ def model_dir(tmp_path_factory):
     return write_tiny_biomedclip(tmp_path_factory.mktemp("tiny_model"))
 
 
-@pytest.fixture(scope="module")
-def backbone(model_dir):
+def _backbone(model_dir):
     from medot.backbones import create_backbone
 
     return create_backbone(f"local-dir:{model_dir}", "cpu")
+
+
+@pytest.fixture(scope="module")
+def backbone(model_dir):
+    return _backbone(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +65,7 @@ def test_benchmark_prints_table_and_writes_csv_and_json(model_dir, task_file, tm
     code = medot(
         "benchmark", "kmat", "--task", str(task_file), "--seeds", "1", "2", "--epochs", "2", "--shots", "2",
         "--views", "1", "--backbone", f"local-dir:{model_dir}", "--device", "cpu", "--out", str(out), "--quiet",
+        "--kgcoop-lambda", "2.5", "--biomedcoop-lambda1", "0.5", "--biomedcoop-tau", "2", "--cocoop-width", "3",
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -84,6 +89,22 @@ def test_benchmark_prints_table_and_writes_csv_and_json(model_dir, task_file, tm
             assert float(row["acc_h_std"]) == 0.0
     kmat_run = next(run for run in document["runs"] if run["method"] == "kmat" and run["seed"] == 2)
     assert load_checkpoint(kmat_run["model"]).meta["metrics"] == kmat_run["metrics"]
+    # the baselines' weights are options, recorded in the benchmark JSON and in each checkpoint
+    assert document["settings"]["baselines"] == {
+        "kgcoop_lambda": 2.5, "biomedcoop_lambda_sccm": 0.5, "biomedcoop_lambda_kdsp": 1.0,
+        "biomedcoop_tau": 2.0, "cocoop_meta_hidden": 3,
+    }
+
+    def meta(method):
+        return load_checkpoint(next(r["model"] for r in document["runs"] if r["method"] == method)).meta
+
+    assert meta("kgcoop")["hyper_parameters"]["lambda_kg"] == 2.5
+    assert (meta("biomedcoop")["hyper_parameters"]["lambda_sccm"], meta("biomedcoop")["hyper_parameters"]["tau"]) == (
+        0.5, 2.0,
+    )
+    assert meta("cocoop")["prompt_learner"]["meta_hidden"] == 3
+    cocoop = load_kmat_predictor(next(r["model"] for r in document["runs"] if r["method"] == "cocoop"), _backbone(model_dir))
+    assert cocoop.prompts.meta_net[0].out_features == 3
 
 
 def test_train_grid_selects_on_high_end_validation(model_dir, task_file, tmp_path, capsys):

@@ -197,3 +197,23 @@ def test_costs_beyond_float32_resolution_raise_a_clear_error():
         entropic_fused_gromov_wasserstein(
             *fgw_costs(X, Y), alpha=0.1, epsilon=1e-3, max_iter=5, inner_max_iter=50
         )
+
+
+def test_non_finite_iterates_stop_the_solve_at_once_instead_of_after_its_budget():
+    # (1 - alpha) M / epsilon overflows float32: the first outer iteration already fails
+    X, Y = embeddings(4, 5, 2, seed=11, dtype=torch.float32)
+    M, C1, C2 = fgw_costs(X, Y)
+    with pytest.raises(OTError, match=r"non-finite iterates in problem 0 at iteration 1 "):
+        entropic_fused_gromov_wasserstein(M * 1e30, C1, C2, epsilon=1e-12, max_iter=10**9)
+
+
+def test_unconverged_solve_warns_with_the_fix_to_try():
+    from medot.errors import OTConvergenceWarning
+
+    X, Y = embeddings(6, 5, 3, seed=12)
+    with pytest.warns(OTConvergenceWarning, match="increase max_iter / inner_max_iter"):
+        result = entropic_fused_gromov_wasserstein(*fgw_costs(X, Y), alpha=0.5, epsilon=0.05, max_iter=2)
+    assert not bool(result.diagnostics.converged)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        entropic_fused_gromov_wasserstein(*fgw_costs(X, Y), alpha=0.5, epsilon=0.05, max_iter=2, tol=0.0)

@@ -1,5 +1,7 @@
 """medot.ot.sinkhorn against POT's log-domain Sinkhorn, plus gradients, batching and failures."""
 
+import warnings
+
 import numpy as np
 import ot
 import pytest
@@ -247,3 +249,61 @@ def test_default_tolerance_follows_the_dtype():
     assert float(double.diagnostics.marginal_error) < 1e-6 + 1e-12
     assert int(double.diagnostics.iterations) > int(single.diagnostics.iterations)
     torch.testing.assert_close(single.plan.double(), double.plan, rtol=0, atol=1e-4)
+
+
+def test_a_cost_offset_does_not_cost_float32_its_convergence():
+    # C and 1000 + C have the same plan; float32 used to run the whole budget on the offset.
+    generator = torch.Generator().manual_seed(5)
+    cost = torch.rand(60, 40, generator=generator, dtype=F64)
+    reference = ot.sinkhorn(
+        np.full(60, 1 / 60), np.full(40, 1 / 40), cost.numpy(), 0.01,
+        method="sinkhorn_log", numItermax=100000, stopThr=1e-10,
+    )
+    plain = sinkhorn(cost.float(), epsilon=0.01, max_iter=1000)
+    offset = sinkhorn((cost + 1000.0).float(), epsilon=0.01, max_iter=1000)
+    assert bool(offset.diagnostics.converged)
+    assert abs(int(offset.diagnostics.iterations) - int(plain.diagnostics.iterations)) <= 1
+    assert float(np.abs(offset.plan.double().numpy() - reference).sum()) < 1e-3
+    # potentials stay in the given cost's units: a warm start from them is already close
+    again = sinkhorn(
+        (cost + 1000.0).float(), epsilon=0.01,
+        init=(offset.diagnostics.f, offset.diagnostics.g),
+    )
+    assert int(again.diagnostics.iterations) < int(plain.diagnostics.iterations) // 4
+    shifted = sinkhorn(cost + 1000.0, epsilon=0.1, tol=1e-10)
+    assert shifted.objective.item() == pytest.approx(
+        sinkhorn(cost, epsilon=0.1, tol=1e-10).objective.item() + 1000.0, rel=1e-12
+    )
+
+
+def test_unconverged_solve_warns_once_per_call_site_with_the_fix():
+    from medot.errors import OTConvergenceWarning
+
+    cost = torch.rand(20, 30, generator=torch.Generator().manual_seed(6), dtype=F64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            result = sinkhorn(cost, epsilon=0.01, max_iter=3)
+    assert not bool(result.diagnostics.converged)
+    assert [w.category for w in caught] == [OTConvergenceWarning]
+    assert "increase max_iter or epsilon" in str(caught[0].message)
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sinkhorn(cost, epsilon=0.01, max_iter=3, tol=0.0)  # a fixed budget asked for: no warning
+        sinkhorn(cost, epsilon=1.0)  # converged: no warning
+
+
+def test_non_finite_init_is_blamed_on_the_init():
+    cost = torch.rand(4, 5, dtype=F64)
+    f = torch.zeros(4, dtype=F64)
+    f[2] = float("nan")
+    with pytest.raises(OTError, match="init potentials"):
+        sinkhorn(cost, epsilon=0.1, init=(f, torch.zeros(5, dtype=F64)))
+
+
+def test_iterates_that_turn_non_finite_stop_at_once():
+    # costs / epsilon overflow float32: the first update is already non-finite
+    cost = torch.rand(5, 6, generator=torch.Generator().manual_seed(7)) * 1e30
+    with pytest.raises(OTError, match=r"non-finite iterates in problem 0 at iteration 1 "):
+        sinkhorn(cost, epsilon=1e-12, max_iter=10**9)

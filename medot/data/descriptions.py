@@ -109,6 +109,17 @@ class DescriptionSet:
             )
         return list(self.descriptions[modality][self.resolve_class(class_name)])
 
+    def description_counts(self) -> dict[str, dict[str, int]]:
+        """:math:`N_p` of every class in every modality: ``{modality: {class: count}}``."""
+        return {modality: {cls: len(per_class[cls]) for cls in self.classes} for modality, per_class in self.descriptions.items()}
+
+    def describe_counts(self) -> str:
+        """``N_p`` in words, e.g. ``"N_p = 22 descriptions per class and modality"`` (or its range)."""
+        counts = [n for per_class in self.description_counts().values() for n in per_class.values()]
+        low, high = min(counts), max(counts)
+        value = f"{low}" if low == high else f"{low}-{high}"
+        return f"N_p = {value} descriptions per class and modality ({self.origin}; the K-MaT paper uses 50 generated ones)"
+
     def classes_for_labels(self, label_names: Sequence[str]) -> tuple[str, ...]:
         """The canonical class of each dataset label name, in the dataset's label order.
 
@@ -277,7 +288,7 @@ def _locate(path_or_name: str | os.PathLike[str]) -> Path:
     """The bundled file for a bundled set's name (a ``str`` such as ``"chest"``), else the file at that path."""
     if isinstance(path_or_name, str) and path_or_name in bundled_description_sets():
         return BUNDLED_DIR / f"{path_or_name}.json"
-    path = Path(path_or_name).expanduser()
+    path = Path(os.path.abspath(Path(path_or_name).expanduser()))
     if not path.is_file():
         raise DescriptionError(
             f"no description file at {path} and no bundled description set named {str(path_or_name)!r}; "

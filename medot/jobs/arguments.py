@@ -60,6 +60,12 @@ METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
         "patience": Argument("int", 1, 10_000),
         "lambda_anc": Argument("float", 0.0, 1e4),
         "lambda_fgw": Argument("float", 0.0, 1e4),
+        "descriptions": Argument("path"),
+        "kgcoop_lambda": Argument("float", 0.0, 1e4),
+        "biomedcoop_lambda1": Argument("float", 0.0, 1e4),
+        "biomedcoop_lambda2": Argument("float", 0.0, 1e4),
+        "biomedcoop_tau": Argument("float", 1e-3, 100.0),
+        "cocoop_width": Argument("int", 1, 65_536),
     },
     "pradot": {
         **TRAIN_ARGUMENTS,

@@ -110,7 +110,7 @@ class JobManager:
         :func:`~medot.jobs.arguments.validate_arguments`, its dataset by
         :func:`~medot.jobs.datasets.check_job_dataset`) and start it if a slot is free."""
         arguments = validate_arguments(method, args, self.data_root, self.methods)
-        check_job_dataset(method, arguments.get("dataset"), self.home, self.data_root)
+        check_job_dataset(method, arguments, self.home, self.data_root)
         job_id = self.registry.create(method, arguments, self.jobs_dir, max_active=self.max_active).id
         self.refresh()
         return job_id

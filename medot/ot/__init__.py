@@ -4,7 +4,9 @@ Every solver takes torch tensors on any device, float32 or float64, batched over
 dimension (``[B, N, M]``; an unbatched ``[N, M]`` problem is accepted and returned unbatched), and
 returns a frozen dataclass with the plan, the value(s) and a diagnostics record (iterations,
 marginal error, converged flag, solver-specific fields). Invalid inputs and numerically failed
-solves raise :class:`medot.errors.OTError`; no solver returns NaN or a silent zero.
+solves raise :class:`medot.errors.OTError`; no solver returns NaN or a silent zero. A solve that reaches
+its iteration budget above its tolerance issues :class:`medot.errors.OTConvergenceWarning` (once
+per call site, with the fix to try).
 
 Solvers (one family per module, the maths in each module's docstring):
 
@@ -25,6 +27,7 @@ POT (``import ot``) is the reference implementation: ``tests/test_ot_*.py`` chec
 against it, and ``benchmarks/ot_bench.py`` times them against it.
 """
 
+from medot.errors import OTConvergenceWarning
 from medot.ot.costs import (
     barycentric_projection,
     cosine_cost,
@@ -49,6 +52,7 @@ __all__ = [
     "ExactFGWResult",
     "FGWDiagnostics",
     "FGWResult",
+    "OTConvergenceWarning",
     "PartialDiagnostics",
     "PartialResult",
     "SinkhornDiagnostics",

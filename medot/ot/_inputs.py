@@ -8,13 +8,14 @@ Problems a user can cause (wrong shapes, negative weights, NaN costs, unequal ma
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import fields
 from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
 
-from medot.errors import OTError
+from medot.errors import OTConvergenceWarning, OTError
 
 Gradient = Literal["unrolled", "envelope"]
 """How a solver differentiates: through its iterations, or by the envelope (Danskin) theorem."""
@@ -176,4 +177,40 @@ def check_row_mass(row_error: Tensor, mass: Tensor, solver: str) -> None:
             f"{solver} lost precision in problem {index}: its plan misplaces "
             f"{float(row_error[index]):.3g} of mass {float(mass[index]):.3g} on rows that should be "
             f"exact; {PRECISION_HINT}"
+        )
+
+
+def check_init(potentials: tuple[Tensor, ...]) -> None:
+    """Refuse non-finite warm-start potentials (they would otherwise surface as a failed plan)."""
+    for potential in potentials:
+        if not bool(torch.isfinite(potential).all()):
+            raise OTError(
+                "init potentials contain NaN or infinite values; pass a previous converged result's "
+                "diagnostics.f / diagnostics.g, or init=None to start cold."
+            )
+
+
+def raise_if_failed(failed: Tensor, iterations: Tensor, solver: str) -> None:
+    """Raise for problems whose iterates became non-finite (they were frozen when it happened)."""
+    if bool(failed.any()):
+        index = int(failed.nonzero()[0, 0])
+        raise OTError(
+            f"{solver} produced non-finite iterates in problem {index} at iteration "
+            f"{int(iterations[index])} and stopped there; {PRECISION_HINT}"
+        )
+
+
+def warn_unconverged(converged: Tensor, solver: str, fix: str, stacklevel: int = 3) -> None:
+    """Issue :class:`~medot.errors.OTConvergenceWarning` if some problem missed its tolerance.
+
+    The message is the same for every call from one place (no numbers in it), so Python's default
+    filter shows it once per call site, as POT does; ``diagnostics`` hold the per-problem detail.
+    ``stacklevel`` points at the caller of the public solver.
+    """
+    if not bool(converged.all()):
+        warnings.warn(
+            f"{solver} reached max_iter before its stopping tolerance in at least one problem "
+            f"(see result.diagnostics.converged); {fix}",
+            OTConvergenceWarning,
+            stacklevel=stacklevel,
         )

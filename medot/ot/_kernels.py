@@ -25,8 +25,13 @@ _BLOCK_ELEMENTS_ACCELERATOR = 1 << 25
 _SHORT_AXIS = 256
 
 
-def scaled_log_kernel(cost: Tensor, epsilon: float) -> Tensor:
-    """:math:`-\\mathbf{C}/\\varepsilon`, stored so that both reductions run along a long axis.
+def scaled_log_kernel(cost: Tensor, epsilon: float, shift: Tensor | None = None) -> Tensor:
+    """:math:`-(\\mathbf{C} - s)/\\varepsilon`, stored so that both reductions run along a long axis.
+
+    ``shift`` (``[B]``, default 0) is subtracted from each problem's costs first; solvers pass
+    :math:`s = \\min_{ij} C_{ij}`, which leaves the plan unchanged (a constant is absorbed by the
+    potentials) but keeps an offset (e.g. costs ``1000 + U``) from eating float32's resolution.
+    Without a graph to record, one ``[B, N, M]`` tensor is allocated.
 
     Torch's CPU reductions are several times slower when the innermost (contiguous) axis is short.
     When the target side is short (fewer than 256 points, and fewer than the source side, e.g. 14
@@ -34,9 +39,17 @@ def scaled_log_kernel(cost: Tensor, epsilon: float) -> Tensor:
     contiguous ``[B, M, N]`` tensor; shapes, values and the order of every operation are unchanged.
     """
     rows, cols = cost.shape[-2:]
-    if cols < rows and cols < _SHORT_AXIS:
-        return (cost.transpose(-1, -2) / -epsilon).contiguous().transpose(-1, -2)
-    return cost / -epsilon
+    column_major = cols < rows and cols < _SHORT_AXIS
+    source = cost.transpose(-1, -2) if column_major else cost
+    if shift is None:
+        scaled = source / -epsilon
+    elif torch.is_grad_enabled() and cost.requires_grad:
+        scaled = (source - shift.view(-1, 1, 1)) / -epsilon
+    else:
+        scaled = torch.sub(source, shift.view(-1, 1, 1)).div_(-epsilon)
+    if column_major:
+        return scaled.contiguous().transpose(-1, -2)
+    return scaled
 
 
 def logsumexp_shifted(log_kernel: Tensor, shift: Tensor, dim: int) -> Tensor:

@@ -28,6 +28,7 @@ class BatchStopping:
     def __init__(self, active: Tensor, may_stop: bool) -> None:
         self.started = active
         self.active = active
+        self.failed = torch.zeros_like(active)
         self.iterations = torch.zeros(active.shape, dtype=torch.long, device=active.device)
         self._on_cpu = active.device.type == "cpu"
         self._masking = not bool(active.all()) or (may_stop and not self._on_cpu)
@@ -38,12 +39,18 @@ class BatchStopping:
             return new
         return torch.where(self.active.view(-1, *([1] * (new.ndim - 1))), new, old)
 
-    def stop(self, met: Tensor, completed: int) -> bool:
-        """Freeze the active problems where ``met``, after ``completed`` iterations.
+    def stop(self, met: Tensor, completed: int, failed: Tensor | None = None) -> bool:
+        """Freeze the active problems where ``met`` or ``failed``, after ``completed`` iterations.
 
-        Returns True when no problem is left active (checked every call on CPU, every
-        :data:`ACCELERATOR_POLL` calls elsewhere).
+        ``failed`` marks problems whose iterates became non-finite: they stop at once (instead of
+        running out the budget) and are reported by :meth:`finish` as not converged, with
+        :attr:`failed` set. Returns True when no problem is left active (checked every call on
+        CPU, every :data:`ACCELERATOR_POLL` calls elsewhere).
         """
+        if failed is not None:
+            failed = self.active & failed
+            self.failed = self.failed | failed
+            met = met | failed
         stopping = self.active & met
         self.iterations = torch.where(stopping, completed, self.iterations)
         self.active = self.active & ~stopping
@@ -56,4 +63,4 @@ class BatchStopping:
     def finish(self, completed: int) -> tuple[Tensor, Tensor]:
         """``(iterations, converged)`` once the loop ends after ``completed`` iterations."""
         iterations = torch.where(self.active, completed, self.iterations)
-        return iterations, self.started & ~self.active
+        return iterations, self.started & ~self.active & ~self.failed

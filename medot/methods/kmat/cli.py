@@ -15,8 +15,26 @@ from medot.launch import mark_distributed
 DEFAULT_BENCHMARK_METHODS = "zeroshot,zeroshot_desc,coop,cocoop,kgcoop,biomedcoop,kmat"
 
 
-def register(commands, train_methods, benchmark_methods) -> None:  # noqa: ARG001 - no top-level command
-    """Add ``kmat`` under ``medot train`` and ``medot benchmark``."""
+def register(commands, train_methods, benchmark_methods) -> None:
+    """Add ``kmat`` under ``medot train`` and ``medot benchmark``, and ``medot task init``."""
+    task = commands.add_parser("task", help="prepare a cross-modal task from your own image folders")
+    task_commands = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)
+    init = task_commands.add_parser(
+        "init",
+        help="write task.json and split files from a folder tree, and print what was found",
+        description="Read ROOT/<high>/{train,val,test}/<class>/ and ROOT/<low>/test/<class>/ (ROOT/<low>/val/ "
+        "optional, never used), print the images per class x split x modality, check that every class has images "
+        "in every split (and at least --shots training images), then write ROOT/task.json and "
+        "ROOT/<modality>/split_<modality>.json (paths relative to the modality folder). The modality names are the "
+        "folder names. Train with --task ROOT/task.json (or --task ROOT directly).",
+    )
+    init.add_argument("root", help="the task folder")
+    init.add_argument("--descriptions", help="class-description JSON file (docs/descriptions.md); needed by kmat, "
+                      "zeroshot_desc and biomedcoop")
+    init.add_argument("--shots", type=int, default=16, help="check this many training images per class (default: 16)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing task.json / split files")
+    init.set_defaults(run=_run_task_init)
+
     train = train_methods.add_parser(
         "kmat",
         help="train K-MaT (or a prompt-learning baseline) on high-end images, test on both modalities",
@@ -29,9 +47,7 @@ def register(commands, train_methods, benchmark_methods) -> None:  # noqa: ARG00
     train.add_argument(
         "--seed", type=int, default=1, help="seed of the k-shot draw, views and initialisation (default: 1)"
     )
-    train.add_argument("--grid-anc", type=float, nargs="+", metavar="L", help="lambda_anc values to search (kmat)")
-    train.add_argument("--grid-fgw", type=float, nargs="+", metavar="L", help="lambda_fgw values to search (kmat)")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run (or lambda grid) from --out")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(run=_run_train)
     mark_distributed(train)
@@ -48,13 +64,23 @@ def register(commands, train_methods, benchmark_methods) -> None:  # noqa: ARG00
         "--methods", default=DEFAULT_BENCHMARK_METHODS, help=f"comma-separated (default: {DEFAULT_BENCHMARK_METHODS})"
     )
     benchmark.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default: 1 2 3)")
+    benchmark.add_argument(
+        "--resume", action="store_true", help="continue an interrupted benchmark from --out (finished runs are kept)"
+    )
     benchmark.set_defaults(run=_run_benchmark)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task", "--dataset", dest="task", required=True,
-        help="'synthetic', skin_midas, skin_derm7pt, breast, chest, or a task JSON file",
+        help="'synthetic', skin_midas, skin_derm7pt, breast, chest, a task JSON file, or a folder "
+        "ROOT/<high>/{train,val,test}/<class>/ + ROOT/<low>/test/<class>/ (modality names = folder names; "
+        "'medot task init ROOT' checks it and writes a task JSON)",
+    )
+    parser.add_argument(
+        "--descriptions", metavar="FILE",
+        help="class-description JSON for a folder --task (docs/descriptions.md; example: assets/descriptions/chest.json); "
+        "kmat, zeroshot_desc and biomedcoop need it",
     )
     parser.add_argument("--shots", type=int, default=16, help="high-end training images per class (default: 16)")
     parser.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50)")
@@ -68,20 +94,49 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, help="validate on high-end val each epoch; keep the best, stop early")
     parser.add_argument("--lambda-anc", type=float, default=1.0, help="weight of L_anc (default: 1.0)")
     parser.add_argument("--lambda-fgw", type=float, default=1.0, help="weight of L_fgw (default: 1.0)")
+    parser.add_argument(
+        "--grid-anc", type=float, nargs="+", metavar="L",
+        help="lambda_anc values to search on high-end validation accuracy (kmat; per seed in a benchmark)",
+    )
+    parser.add_argument(
+        "--grid-fgw", type=float, nargs="+", metavar="L",
+        help="lambda_fgw values to search on high-end validation accuracy (kmat; per seed in a benchmark)",
+    )
     parser.add_argument("--no-csc", action="store_true", help="ablation: context shared by all classes")
     parser.add_argument("--no-msc", action="store_true", help="ablation: the same context for both modalities")
     parser.add_argument("--no-anc", action="store_true", help="ablation: drop the knowledge-anchor loss")
     parser.add_argument("--no-fgw", action="store_true", help="ablation: drop the FGW manifold-transport loss")
+    baselines = parser.add_argument_group("baselines' weights (defaults: their authors')")
+    baselines.add_argument(
+        "--kgcoop-lambda", type=float, default=8.0,
+        help="KgCoOp: weight of mean(1 - cos(w, w_clip)) (default: 8, as the authors' code)",
+    )
+    baselines.add_argument(
+        "--biomedcoop-lambda1", type=float, default=1.0, help="BiomedCoOp: weight of L_SCCM (default: 1)"
+    )
+    baselines.add_argument(
+        "--biomedcoop-lambda2", type=float, default=1.0, help="BiomedCoOp: weight of L_KDSP (default: 1)"
+    )
+    baselines.add_argument(
+        "--biomedcoop-tau", type=float, default=1.5,
+        help="BiomedCoOp: description-pruning threshold, robust z-score (default: 1.5)",
+    )
+    baselines.add_argument(
+        "--cocoop-width", type=int, help="CoCoOp: meta-net hidden width (default: embedding dim / 16)"
+    )
     parser.add_argument("--backbone", help="backbone name (default: $MEDOT_BACKBONE or auto)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--out", help="output folder (default: under $MEDOT_HOME)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (a benchmark still prints one line per finished run)"
+    )
 
 
 def _configs(args: argparse.Namespace, seed: int):
     from medot.errors import MedotError
     from medot.methods.kmat.model import KMaTConfig
     from medot.methods.kmat.runner import RunConfig
+    from medot.methods.prompt_learning.baselines import BaselineConfig
 
     try:
         run = RunConfig(
@@ -104,25 +159,49 @@ def _configs(args: argparse.Namespace, seed: int):
             lambda_anchor=args.lambda_anc,
             lambda_transport=args.lambda_fgw,
         )
+        baselines = BaselineConfig(
+            kgcoop_lambda=args.kgcoop_lambda,
+            biomedcoop_lambda_sccm=args.biomedcoop_lambda1,
+            biomedcoop_lambda_kdsp=args.biomedcoop_lambda2,
+            biomedcoop_tau=args.biomedcoop_tau,
+            cocoop_meta_hidden=args.cocoop_width,
+        )
     except ValueError as error:
         raise MedotError(str(error)) from None
     if args.views < 1 or args.batch_size < 1:
         raise MedotError("--views and --batch-size must be at least 1")
-    return run, kmat
+    return run, kmat, baselines
 
 
-def _setup(args: argparse.Namespace):
+def _setup(args: argparse.Namespace, methods):
+    """Settings, the task (each of ``methods`` checked against it before any model is loaded) and the backbone."""
     from medot.backbones import create_backbone
     from medot.config import Settings
     from medot.methods.prompt_learning.crossmodal import resolve_task
     from medot.train.distributed import main_process_first
 
+    if args.quiet:
+        _quiet_libraries()
     settings = Settings.from_env()
     with main_process_first("preparing the task's data"):  # 'synthetic' is written on first use
-        task = resolve_task(args.task, settings)
+        task = resolve_task(args.task, settings, descriptions=args.descriptions)
+    for method in methods:
+        task.require_descriptions(method)
     device = None if args.device == "auto" else args.device
     backbone = create_backbone(args.backbone or settings.backbone, device=device)
     return settings, task, backbone
+
+
+def _quiet_libraries() -> None:
+    """No Hugging Face progress bars (transformers' "Loading weights", hub downloads) under --quiet."""
+    import os
+    import sys
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers / huggingface_hub are imported
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -137,7 +216,15 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from medot.errors import MedotError
     from medot.jobs.protocol import EXIT_CANCELLED, event_sink_from_env, stop_requested_from_signals
-    from medot.methods.kmat.runner import TRAINED_METHODS, TrainingCancelled, finish_run, grid_search, run_method
+    from medot.methods.kmat.runner import (
+        TRAINED_METHODS,
+        TrainingCancelled,
+        chance_levels,
+        finish_run,
+        format_chance,
+        grid_search,
+        run_method,
+    )
     from medot.methods.prompt_learning.knowledge import embed_descriptions
     from medot.train import FeatureCache
     from medot.train.distributed import is_main_process
@@ -145,19 +232,17 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.method not in TRAINED_METHODS:
         raise MedotError(f"--method {args.method!r}: choose one of {', '.join(TRAINED_METHODS)}")
     grid = args.grid_anc is not None or args.grid_fgw is not None
-    if grid and (args.method != "kmat" or args.resume):
-        raise MedotError(
-            "--grid-anc/--grid-fgw search K-MaT's lambdas: use them with --method kmat and without --resume"
-        )
-    run, kmat = _configs(args, args.seed)
+    if grid and args.method != "kmat":
+        raise MedotError("--grid-anc/--grid-fgw search K-MaT's lambdas: use them with --method kmat")
+    run, kmat, baselines = _configs(args, args.seed)
     main = is_main_process()  # under torchrun, only rank 0 prints and writes
     if not main:
         run = replace(run, progress=False)
-    settings, task, backbone = _setup(args)
+    settings, task, backbone = _setup(args, [args.method])
     name = f"{task.name}_{args.method}_{args.shots}shot_seed{args.seed}"
     out = Path(args.out) if args.out else settings.models_dir / "kmat" / name
     cache = FeatureCache()
-    knowledge = embed_descriptions(backbone, task.descriptions, task.classes)
+    knowledge = None if task.descriptions is None else embed_descriptions(backbone, task.descriptions, task.classes)
     summary: dict[str, object] = {}
     stop = stop_requested_from_signals()
     try:
@@ -174,12 +259,15 @@ def _run_train(args: argparse.Namespace) -> int:
                 lambdas_transport=args.grid_fgw or [kmat.lambda_transport],
                 out_dir=out,
                 cache=cache,
+                on_event=event_sink_from_env(),
+                should_stop=stop,
+                resume=args.resume,
             )
             summary["grid"] = {"points": [asdict(point) for point in points], "chosen": asdict(chosen)}
             result = finish_run("kmat", fitted, backbone, task, run, cache)
         else:
             result = run_method(
-                args.method, backbone, task, knowledge, run, kmat=kmat, out_dir=out, cache=cache,
+                args.method, backbone, task, knowledge, run, kmat=kmat, baselines=baselines, out_dir=out, cache=cache,
                 on_event=event_sink_from_env(), should_stop=stop, resume=args.resume,
             )
     except TrainingCancelled as cancelled:
@@ -188,9 +276,10 @@ def _run_train(args: argparse.Namespace) -> int:
         return EXIT_CANCELLED
     if not main:
         return 0
+    chance = chance_levels(task)
     summary.update(
         method=result.method, task=task.name, backbone=backbone.name, shots=run.shots, seed=run.seed,
-        metrics=result.metrics, validation=result.validation, model=str(result.model_path),
+        metrics=result.metrics, validation=result.validation, model=str(result.model_path), chance=chance,
     )
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if args.json:
@@ -207,14 +296,18 @@ def _run_train(args: argparse.Namespace) -> int:
     high, low = task.modalities
     print(f"{result.method} on {task.name} ({high} -> {low}, {run.shots} shots, seed {run.seed}):")
     print(f"  {_format_metrics(result.metrics)}")
+    print(f"  {format_chance(chance)}")
+    if task.descriptions is not None:
+        print(f"  descriptions: {task.descriptions.describe_counts()}")
     print(f"  model: {result.model_path}")
     return 0
 
 
 def _run_benchmark(args: argparse.Namespace) -> int:
     from medot.errors import MedotError
-    from medot.methods.kmat.benchmark import format_table, run_benchmark, write_benchmark
-    from medot.methods.kmat.runner import METHODS
+    from medot.jobs.protocol import EXIT_CANCELLED, stop_requested_from_signals
+    from medot.methods.kmat.benchmark import format_run, format_table, run_benchmark, write_benchmark
+    from medot.methods.kmat.runner import METHODS, TrainingCancelled
 
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     unknown = [method for method in methods if method not in METHODS]
@@ -222,11 +315,52 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         raise MedotError(f"--methods {args.methods!r}: give distinct names from {', '.join(METHODS)}")
     if len(set(args.seeds)) != len(args.seeds):
         raise MedotError(f"--seeds {args.seeds}: give distinct seeds")
-    run, kmat = _configs(args, args.seeds[0])
-    settings, task, backbone = _setup(args)
+    if (args.grid_anc is not None or args.grid_fgw is not None) and "kmat" not in methods:
+        raise MedotError("--grid-anc/--grid-fgw search K-MaT's lambdas: include kmat in --methods")
+    run, kmat, baselines = _configs(args, args.seeds[0])
+    settings, task, backbone = _setup(args, methods)
     out = Path(args.out) if args.out else settings.home / "benchmarks" / "kmat" / task.name
-    result = run_benchmark(backbone, task, methods, args.seeds, run, kmat=kmat, out_dir=out)
+    if task.descriptions is not None:
+        print(f"descriptions: {task.descriptions.describe_counts()}", flush=True)
+    try:
+        result = run_benchmark(
+            backbone, task, methods, args.seeds, run, kmat=kmat, baselines=baselines, out_dir=out,
+            grid_anchor=args.grid_anc, grid_transport=args.grid_fgw, should_stop=stop_requested_from_signals(),
+            resume=args.resume, on_run=lambda finished: print(format_run(finished), flush=True),
+        )
+    except TrainingCancelled as cancelled:
+        print(f"medot: {cancelled}; continue the benchmark with --resume")
+        return EXIT_CANCELLED
     csv_path, json_path = write_benchmark(result, out)
     print(format_table(result))
     print(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
+def _run_task_init(args: argparse.Namespace) -> int:
+    from medot.errors import MedotError
+    from medot.methods.prompt_learning.crossmodal import (
+        folder_task,
+        split_count_table,
+        task_problems,
+        write_task_files,
+    )
+
+    root = Path(args.root).expanduser()
+    if not root.is_dir():
+        raise MedotError(f"{root.resolve()} is not a folder")
+    task = folder_task(root, args.descriptions)
+    high, low = task.modalities
+    print(f"task {task.name!r}: {high} (high end) -> {low} (low end), {len(task.classes)} classes")
+    print(split_count_table(task))
+    if task.descriptions is None:
+        print("no --descriptions: kmat, zeroshot_desc and biomedcoop will refuse; zeroshot, coop, cocoop, kgcoop run")
+    else:
+        print(f"descriptions: {task.descriptions.origin}")
+    problems = task_problems(task, args.shots)
+    if problems:
+        raise MedotError("the task is not ready (nothing written):\n  " + "\n  ".join(problems))
+    task_path, split_paths = write_task_files(task, root, force=args.force)
+    print(f"wrote {task_path} and {', '.join(map(str, split_paths))}")
+    print(f"next: medot train kmat --task {task_path}" + ("" if task.descriptions else " --method coop"))
     return 0

@@ -30,10 +30,7 @@ from medot.errors import MedotError
 from medot.eval import accuracy, harmonic_mean_accuracy, macro_f1
 from medot.methods.kmat.model import KMaTConfig, KMaTTask
 from medot.methods.prompt_learning.baselines import (
-    BIOMEDCOOP_LAMBDA_KDSP,
-    BIOMEDCOOP_LAMBDA_SCCM,
-    BIOMEDCOOP_TAU,
-    KGCOOP_LAMBDA,
+    BaselineConfig,
     BiomedCoOpTask,
     CoCoOpTask,
     CoOpTask,
@@ -116,6 +113,8 @@ class MethodRun:
     metrics: dict[str, float]
     model_path: Path | None = None
     validation: dict[str, float] | None = None
+    selection: dict[str, Any] | None = None
+    """For a K-MaT run whose lambdas were searched: the chosen point and every grid point."""
 
 
 def build_task(
@@ -123,11 +122,16 @@ def build_task(
     backbone: VisionLanguageBackbone,
     classes: Sequence[str],
     modalities: tuple[str, str],
-    knowledge: DescriptionEmbeddings,
+    knowledge: DescriptionEmbeddings | None,
     kmat: KMaTConfig,
     validation: LabelledEmbeddings | None = None,
+    baselines: BaselineConfig | None = None,
 ) -> PromptTask:
-    """A fresh (randomly initialised: seed first) task for one of :data:`TRAINED_METHODS`."""
+    """A fresh (randomly initialised: seed first) task for one of :data:`TRAINED_METHODS`; the
+    baselines' weights come from ``baselines`` and are recorded in ``hyper_parameters``."""
+    baselines = baselines or BaselineConfig()
+    if knowledge is None and method in ("kmat", "biomedcoop"):
+        raise ValueError(f"{method} needs the class descriptions' embeddings (knowledge)")
     common: dict[str, Any] = {
         "modalities": modalities,
         "validation": None if validation is None else (validation.plain, validation.labels),
@@ -135,23 +139,39 @@ def build_task(
     if method == "kmat":
         prompts = kmat.prompt_learner(backbone, classes)
         return KMaTTask(prompts, knowledge, kmat, hyper_parameters=kmat.to_dict(), **common)
-    prompts = PromptLearner(backbone, classes, n_ctx=BASELINE_N_CTX, conditional=method == "cocoop")
+    conditional = method == "cocoop"
+    prompts = PromptLearner(
+        backbone,
+        classes,
+        n_ctx=BASELINE_N_CTX,
+        conditional=conditional,
+        meta_hidden=baselines.cocoop_meta_hidden if conditional else None,
+    )
     if method == "coop":
         return CoOpTask(prompts, hyper_parameters={"n_ctx": BASELINE_N_CTX}, **common)
     if method == "cocoop":
-        return CoCoOpTask(prompts, hyper_parameters={"n_ctx": BASELINE_N_CTX}, **common)
+        hyper = {"n_ctx": BASELINE_N_CTX, "meta_hidden": prompts.config()["meta_hidden"]}
+        return CoCoOpTask(prompts, hyper_parameters=hyper, **common)
     if method == "kgcoop":
         reference = template_embeddings(backbone, classes)
-        hyper = {"n_ctx": BASELINE_N_CTX, "lambda_kg": KGCOOP_LAMBDA}
-        return KgCoOpTask(prompts, reference, KGCOOP_LAMBDA, hyper_parameters=hyper, **common)
+        hyper = {"n_ctx": BASELINE_N_CTX, "lambda_kg": baselines.kgcoop_lambda, "kg_form": "mean(1 - cos)"}
+        return KgCoOpTask(prompts, reference, baselines.kgcoop_lambda, hyper_parameters=hyper, **common)
     if method == "biomedcoop":
         hyper = {
             "n_ctx": BASELINE_N_CTX,
-            "lambda_sccm": BIOMEDCOOP_LAMBDA_SCCM,
-            "lambda_kdsp": BIOMEDCOOP_LAMBDA_KDSP,
-            "tau": BIOMEDCOOP_TAU,
+            "lambda_sccm": baselines.biomedcoop_lambda_sccm,
+            "lambda_kdsp": baselines.biomedcoop_lambda_kdsp,
+            "tau": baselines.biomedcoop_tau,
         }
-        return BiomedCoOpTask(prompts, knowledge, hyper_parameters=hyper, **common)
+        return BiomedCoOpTask(
+            prompts,
+            knowledge,
+            lambda_sccm=baselines.biomedcoop_lambda_sccm,
+            lambda_kdsp=baselines.biomedcoop_lambda_kdsp,
+            tau=baselines.biomedcoop_tau,
+            hyper_parameters=hyper,
+            **common,
+        )
     raise ValueError(f"unknown trained method {method!r}; choose from {', '.join(TRAINED_METHODS)}")
 
 
@@ -162,9 +182,10 @@ def fit_method(
     *,
     classes: Sequence[str],
     modalities: tuple[str, str],
-    knowledge: DescriptionEmbeddings,
+    knowledge: DescriptionEmbeddings | None,
     run: RunConfig,
     kmat: KMaTConfig | None = None,
+    baselines: BaselineConfig | None = None,
     out_dir: Path | None = None,
     cache: FeatureCache | None = None,
     on_event: EventHandler | None = None,
@@ -179,7 +200,14 @@ def fit_method(
         val = encode_records(backbone, data.val, cache, progress=run.progress)
     seed_everything(run.seed)
     task = build_task(
-        method, backbone, classes, modalities, knowledge, kmat, validation=val if run.patience is not None else None
+        method,
+        backbone,
+        classes,
+        modalities,
+        knowledge,
+        kmat,
+        validation=val if run.patience is not None else None,
+        baselines=baselines,
     )
     trainer = Trainer(run.train_config(out_dir))
     batches = ViewBatches(train, run.batch_size)
@@ -222,14 +250,33 @@ def transfer_metrics(high: tuple[Any, Any], low: tuple[Any, Any], n_classes: int
     }
 
 
+def chance_levels(task: CrossModalTask) -> dict[str, float]:
+    """What guessing scores on the test splits: ``uniform`` = 1 / classes, and the majority-class
+    rate of each test split (``majority_hi``, ``majority_lo``; label counts only, no image is read)."""
+    levels = {"uniform": 1.0 / len(task.classes)}
+    for key, records in (("majority_hi", task.high_end_test()), ("majority_lo", task.low_end_test())):
+        counts = torch.bincount(torch.tensor([record.label for record in records]), minlength=len(task.classes))
+        levels[key] = float(counts.max()) / max(1, len(records))
+    return levels
+
+
+def format_chance(levels: dict[str, float]) -> str:
+    return (
+        f"chance: 1/classes {100 * levels['uniform']:.1f}, majority class of the test split Hi "
+        f"{100 * levels['majority_hi']:.1f} / Lo {100 * levels['majority_lo']:.1f} (accuracy, percent)"
+    )
+
+
 def zero_shot_classifier(
-    method: str, backbone: VisionLanguageBackbone, classes: Sequence[str], knowledge: DescriptionEmbeddings
+    method: str, backbone: VisionLanguageBackbone, classes: Sequence[str], knowledge: DescriptionEmbeddings | None
 ) -> ZeroShotClassifier:
     """``zeroshot``: hand-crafted templates for both modalities; ``zeroshot_desc``: the description
     ensembles :math:`\\bar p_{i,m}` of each modality."""
     if method == ZEROSHOT:
         templates = template_embeddings(backbone, classes)
         return ZeroShotClassifier(torch.stack([templates, templates]), backbone.logit_scale)
+    if knowledge is None:
+        raise ValueError(f"{method} needs the class descriptions' embeddings (knowledge)")
     return ZeroShotClassifier(knowledge.anchors(), backbone.logit_scale)
 
 
@@ -237,10 +284,11 @@ def run_method(
     method: str,
     backbone: VisionLanguageBackbone,
     task: CrossModalTask,
-    knowledge: DescriptionEmbeddings,
+    knowledge: DescriptionEmbeddings | None,
     run: RunConfig,
     *,
     kmat: KMaTConfig | None = None,
+    baselines: BaselineConfig | None = None,
     out_dir: Path | None = None,
     cache: FeatureCache | None = None,
     on_event: EventHandler | None = None,
@@ -251,6 +299,7 @@ def run_method(
     model checkpoint's metadata under ``metrics``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    task.require_descriptions(method)
     cache = cache or FeatureCache()
     if method in (ZEROSHOT, ZEROSHOT_DESCRIPTIONS):
         classifier = zero_shot_classifier(method, backbone, task.classes, knowledge)
@@ -264,6 +313,7 @@ def run_method(
         knowledge=knowledge,
         run=run,
         kmat=kmat,
+        baselines=baselines,
         out_dir=out_dir,
         cache=cache,
         on_event=on_event,
@@ -326,9 +376,17 @@ def grid_search(
     lambdas_transport: Sequence[float],
     out_dir: Path,
     cache: FeatureCache | None = None,
+    on_event: EventHandler | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
 ) -> tuple[Fitted, list[GridPoint], GridPoint]:
     """Train K-MaT for every ``(lambda_anchor, lambda_transport)`` pair on high-end data and pick the
     pair with the best high-end validation accuracy (ties: lower validation cross-entropy).
+
+    ``should_stop`` is polled before every step of every point: a stop request ends the current
+    point after its step, saves its resumable state and raises :class:`TrainingCancelled`; with
+    ``resume=True`` finished points are reloaded from their folders (not retrained) and the
+    interrupted one continues.
 
     Each point's run lives in ``out_dir/grid/anc<a>_fgw<b>``; the grid is written to
     ``out_dir/grid.json`` and the chosen model is copied to ``out_dir/model``. Returns the chosen
@@ -342,8 +400,17 @@ def grid_search(
             point_dir = out_dir / "grid" / f"anc{lambda_anchor:g}_fgw{lambda_transport:g}"
             fitted = fit_method(
                 "kmat", backbone, data, classes=classes, modalities=modalities, knowledge=knowledge,
-                run=run, kmat=config, out_dir=point_dir, cache=cache,
+                run=run, kmat=config, out_dir=point_dir, cache=cache, on_event=on_event, should_stop=should_stop,
+                resume=resume,
             )
+            if fitted.result.status == "cancelled":
+                raise TrainingCancelled(
+                    f"the lambda grid was stopped in point lambda_anc {lambda_anchor:g}, lambda_fgw "
+                    f"{lambda_transport:g} after {fitted.result.global_step} step(s) ({fitted.result.epochs_completed} "
+                    f"whole epoch(s)); its state is in "
+                    f"{fitted.result.resume_path}; run the same command with --resume to continue (finished points "
+                    "are kept)"
+                )
             model = fitted.result.model_path
             point = GridPoint(
                 lambda_anchor,

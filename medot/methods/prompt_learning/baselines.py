@@ -9,8 +9,9 @@ modality-specific prompts, so the same prompts serve both modalities at test tim
 * **CoOp** (Zhou et al., IJCV 2022): one context shared by all classes (:class:`CoOpTask`).
 * **CoCoOp** (Zhou et al., CVPR 2022): CoOp's context shifted by a meta-network of the image
   embedding (:class:`CoCoOpTask`; see :class:`~.prompts.PromptLearner`).
-* **KgCoOp** (Yao et al., CVPR 2023): :math:`\mathcal{L}_{ce} + \lambda\mathcal{L}_{kg}`,
-  :math:`\lambda = 8` (:class:`KgCoOpTask`).
+* **KgCoOp** (Yao et al., CVPR 2023): :math:`\mathcal{L}_{ce} + \lambda\mathcal{L}_{kg}` with
+  :math:`\mathcal{L}_{kg} = \frac1C\sum_i(1 - \cos(w_i, w^{clip}_i))` and :math:`\lambda = 8`, the
+  form and weight of the authors' code (:class:`KgCoOpTask`).
 * **BiomedCoOp** (Koleilat et al., CVPR 2025): :math:`\mathcal{L}_{ce} + \lambda_1\mathcal{L}_{SCCM}
   + \lambda_2\mathcal{L}_{KDSP}` with the authors' defaults :math:`\lambda_1 = \lambda_2 = 1`,
   :math:`\tau = 1.5` (:class:`BiomedCoOpTask`). Its descriptions are the high-end ones (it knows
@@ -21,6 +22,7 @@ modality-specific prompts, so the same prompts serve both modalities at test tim
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -42,6 +44,30 @@ KGCOOP_LAMBDA = 8.0
 BIOMEDCOOP_LAMBDA_SCCM = 1.0
 BIOMEDCOOP_LAMBDA_KDSP = 1.0
 BIOMEDCOOP_TAU = 1.5
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    r"""The baselines' own weights (defaults: their authors'). ``kgcoop_lambda``: KgCoOp's
+    :math:`\lambda` (8); ``biomedcoop_lambda_sccm`` / ``biomedcoop_lambda_kdsp``: BiomedCoOp's
+    :math:`\lambda_1`, :math:`\lambda_2` (1, 1); ``biomedcoop_tau``: its outlier-pruning threshold
+    (1.5); ``cocoop_meta_hidden``: CoCoOp's meta-net width (None: ``embed_dim // 16``)."""
+
+    kgcoop_lambda: float = KGCOOP_LAMBDA
+    biomedcoop_lambda_sccm: float = BIOMEDCOOP_LAMBDA_SCCM
+    biomedcoop_lambda_kdsp: float = BIOMEDCOOP_LAMBDA_KDSP
+    biomedcoop_tau: float = BIOMEDCOOP_TAU
+    cocoop_meta_hidden: int | None = None
+
+    def __post_init__(self) -> None:
+        weights = (self.kgcoop_lambda, self.biomedcoop_lambda_sccm, self.biomedcoop_lambda_kdsp)
+        if min(weights) < 0 or self.biomedcoop_tau <= 0:
+            raise ValueError("the baselines' lambdas must be >= 0 and the BiomedCoOp pruning threshold > 0")
+        if self.cocoop_meta_hidden is not None and self.cocoop_meta_hidden < 1:
+            raise ValueError("the CoCoOp meta-net width must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class ZeroShotClassifier:

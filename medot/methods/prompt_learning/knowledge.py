@@ -51,6 +51,13 @@ class DescriptionEmbeddings:
             ]
         )
 
+    def anchor_cosines(self) -> Tensor:
+        r"""``[2, C, C]``: :math:`\cos(\bar p_{i,m}, \bar p_{j,m})` between the class anchors of each
+        modality. Off-diagonal values near 1 mean the descriptions cannot tell those classes apart in
+        the backbone's text space (the anchors then carry no class information)."""
+        anchors = self.anchors()
+        return anchors @ anchors.transpose(1, 2)
+
     def to(self, device: torch.device | str) -> DescriptionEmbeddings:
         return DescriptionEmbeddings(
             self.embeddings.to(device), self.class_index.to(device), self.modality_index.to(device), self.n_classes
@@ -93,3 +100,35 @@ def template_embeddings(
     """Hand-crafted prompt embeddings ``[C, D]`` (unit norm): :func:`medot.zeroshot.class_text_embeddings`
     of the classes' prompt names (``basal_cell_carcinoma`` -> ``basal cell carcinoma``)."""
     return class_text_embeddings(backbone, [prompt_name(cls) for cls in classes], templates).float()
+
+
+def anchor_separation(knowledge: DescriptionEmbeddings, classes: Sequence[str], modalities: Sequence[str]) -> dict:
+    """Per modality: the cosine matrix between class anchors, its mean and largest off-diagonal
+    value and the closest pair of classes (JSON-ready)."""
+    cosines = knowledge.anchor_cosines().cpu()
+    report = {}
+    for index, modality in enumerate(modalities):
+        matrix = cosines[index]
+        off = ~torch.eye(len(classes), dtype=torch.bool)
+        masked = matrix.masked_fill(~off, -2.0)
+        i, j = divmod(int(masked.argmax()), len(classes))
+        report[modality] = {
+            "cosine": matrix.tolist(),
+            "mean_off_diagonal": float(matrix[off].mean()),
+            "max_off_diagonal": float(matrix[i, j]),
+            "closest_pair": [classes[i], classes[j]],
+        }
+    return report
+
+
+def format_anchor_separation(report: dict) -> str:
+    """One line per modality, e.g. ``ct: closest classes nodule / opacity, cosine 0.981 (mean 0.95)``."""
+    lines = ["anchor separation (cosine between the class anchors p̄ of a modality; near 1 = the descriptions "
+             "cannot tell the classes apart in this backbone's space):"]
+    for modality, entry in report.items():
+        a, b = entry["closest_pair"]
+        lines.append(
+            f"  {modality}: closest classes {a} / {b}, cosine {entry['max_off_diagonal']:.3f} "
+            f"(mean over class pairs {entry['mean_off_diagonal']:.3f})"
+        )
+    return "\n".join(lines)

@@ -5,10 +5,12 @@ vectors, :math:`\tau` = 1 / logit scale, :math:`C` classes.
 
 * CoOp (Zhou et al., IJCV 2022, Eq. 3): cross-entropy of :math:`p(y=i|x) =
   \mathrm{softmax}_i(\cos(x, w_i)/\tau)`; :func:`prompt_cross_entropy`.
-* KgCoOp (Yao et al., CVPR 2023, Eq. 6): :math:`\mathcal{L}_{kg} = \frac1C\sum_i
-  \|\tilde w_i - \tilde w^{clip}_i\|_2^2` with :math:`w^{clip}_i` the hand-crafted prompt's
-  embedding; :func:`knowledge_guidance_loss`. (For unit vectors this is :math:`2(1-\cos)`; the
-  authors' code uses :math:`1-\cos`, i.e. half of it.)
+* KgCoOp (Yao et al., CVPR 2023): in the form of the authors' code (``trainers/kgcoop.py``:
+  ``score = 1.0 - torch.mean(cos(text_features, text_features_old)); loss = ce + 8.0 * score``),
+  :math:`\mathcal{L}_{kg} = \frac1C\sum_i (1 - \cos(w_i, w^{clip}_i))` with :math:`w^{clip}_i` the
+  hand-crafted prompt's embedding; :func:`knowledge_guidance_loss`. The paper's Eq. 6 writes
+  :math:`\frac1C\sum_i\|\tilde w_i - \tilde w^{clip}_i\|_2^2`, which for unit vectors is
+  :math:`2(1-\cos)`, twice the code's term; :math:`\lambda = 8` was tuned with the code's form.
 * BiomedCoOp (Koleilat et al., CVPR 2025): semantic consistency
   :math:`\mathcal{L}_{SCCM} = \mathrm{MSE}(\tilde w, \bar p)` over all :math:`C \times D` entries,
   with :math:`\bar p_i` the mean description embedding (:func:`semantic_consistency_loss`), and
@@ -37,9 +39,10 @@ def prompt_cross_entropy(
 
 
 def knowledge_guidance_loss(class_embedding: Tensor, reference: Tensor) -> Tensor:
-    r"""KgCoOp's :math:`\frac1C \sum_i \|\tilde w_i - \tilde w^{clip}_i\|^2` for ``[C, D]`` inputs."""
-    difference = F.normalize(class_embedding, dim=-1) - F.normalize(reference, dim=-1)
-    return difference.square().sum(-1).mean()
+    r"""KgCoOp's :math:`\frac1C \sum_i (1 - \cos(w_i, w^{clip}_i))` for ``[C, D]`` inputs (the
+    authors' code; half the paper's :math:`\frac1C \sum_i \|\tilde w_i - \tilde w^{clip}_i\|^2`)."""
+    cosine = (F.normalize(class_embedding, dim=-1) * F.normalize(reference, dim=-1)).sum(-1)
+    return (1.0 - cosine).mean()
 
 
 def semantic_consistency_loss(class_embedding: Tensor, anchors: Tensor) -> Tensor:

@@ -16,7 +16,8 @@ is shared:
 * ``modality_specific`` (MSC): :math:`M' = 2`, separate high-end / low-end contexts (K-MaT's
   factorisation); else :math:`M' = 1` and the same prompts serve both modalities;
 * ``conditional`` (CoCoOp, Zhou et al., CVPR 2022, Eq. 4): a meta-network
-  :math:`h_\phi` = Linear(:math:`d`, :math:`d/16`)-ReLU-Linear(:math:`d/16`, :math:`E`) maps the
+  :math:`h_\phi` = Linear(:math:`d`, :math:`h`)-ReLU-Linear(:math:`h`, :math:`E`), hidden width
+  :math:`h` = ``meta_hidden`` (default :math:`d/16`, CoCoOp's), maps the
   L2-normalised image embedding :math:`x` to :math:`\pi = h_\phi(x)`, added to every context token,
   :math:`v^k(x) = v^k + \pi`, so every image gets its own class embeddings.
 
@@ -43,6 +44,11 @@ CONDITIONAL_CHUNK = 64
 """Images per text-tower pass when scoring with image-conditioned prompts (``C`` prompts each)."""
 
 
+def default_meta_hidden(embed_dim: int) -> int:
+    """CoCoOp's meta-net width: ``embed_dim // 16`` (at least 1)."""
+    return max(1, embed_dim // META_NET_REDUCTION)
+
+
 def prompt_name(class_name: str) -> str:
     """The class name as written in a prompt: ``basal_cell_carcinoma`` -> ``basal cell carcinoma``."""
     return " ".join(class_name.replace("_", " ").split())
@@ -63,10 +69,13 @@ class PromptLearner(nn.Module):
         class_specific: bool = False,
         modality_specific: bool = False,
         conditional: bool = False,
+        meta_hidden: int | None = None,
     ) -> None:
         super().__init__()
         if len(class_names) < 2:
             raise ValueError("a prompt learner needs at least two classes")
+        if meta_hidden is not None and (not conditional or meta_hidden < 1):
+            raise ValueError("meta_hidden (the CoCoOp meta-net width) must be >= 1 and needs conditional=True")
         self.backbone = backbone
         self.class_names = tuple(class_names)
         self.n_ctx = n_ctx
@@ -85,7 +94,7 @@ class PromptLearner(nn.Module):
         self.context = nn.Parameter(torch.randn(shape, device=embedded.device) * CONTEXT_INIT_STD)
         self.meta_net: nn.Sequential | None = None
         if conditional:
-            hidden = max(1, backbone.embed_dim // META_NET_REDUCTION)
+            hidden = meta_hidden or default_meta_hidden(backbone.embed_dim)
             self.meta_net = nn.Sequential(
                 nn.Linear(backbone.embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width)
             ).to(embedded.device)
@@ -101,6 +110,7 @@ class PromptLearner(nn.Module):
             "class_specific": self.class_specific,
             "modality_specific": self.modality_specific,
             "conditional": self.conditional,
+            **({"meta_hidden": self.meta_net[0].out_features} if self.meta_net is not None else {}),
         }
 
     def modality_context(self, modality: int) -> Tensor:
