@@ -128,8 +128,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ("--max-sessions", "MEDOT_MAX_SESSIONS", defaults.max_sessions, "browser/API sessions kept in memory"),
         ("--session-ttl", "MEDOT_SESSION_TTL", int(defaults.session_ttl_s), "seconds an idle session is kept"),
     ):
-        parser.add_argument(flag, type=int, default=_env_int(env, default),
-                            help=f"{what} (default {default if default is not None else 'see'}, env {env})")
+        shown = f"default {default}, " if default is not None else ""
+        parser.add_argument(flag, type=int, default=_env_int(env, default), help=f"{what} ({shown}env {env})")
     return parser.parse_args(argv)
 
 
