@@ -153,7 +153,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
 def main(argv: Sequence[str] | None = None, *, block: bool = True) -> gr.Blocks:
     """Serve the app; with ``block=False`` return the running app (tests close it)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("medot").setLevel(logging.INFO)  # the app's own lines; libraries' only from WARNING
     args = parse_args(argv)
     try:
         limits = limits_from_args(args)
