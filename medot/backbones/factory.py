@@ -12,6 +12,7 @@ from medot.errors import BackboneUnavailableError
 LITE = "lite"
 BIOMEDCLIP = "biomedclip"
 AUTO = "auto"
+ENCODER_PREFIX = "encoder:"
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,27 @@ def resolve_auto(name: str) -> str:
     return BIOMEDCLIP if biomedclip_status().available else LITE
 
 
-def create_backbone(name: str = AUTO, device: torch.device | str | None = None) -> VisionLanguageBackbone:
-    """Build a frozen backbone by name on ``device`` (default: CUDA when present, else CPU)."""
+def create_backbone(
+    name: str = AUTO, device: torch.device | str | None = None, *, image_only: bool = False
+) -> VisionLanguageBackbone:
+    """Build a frozen backbone by name on ``device`` (default: CUDA when present, else CPU).
+
+    ``encoder:PATH`` (a pretrained image encoder, :mod:`medot.backbones.encoder`) has no text tower:
+    it is accepted only when the caller needs the image side alone (``image_only=True``, which
+    may then return an :class:`~medot.backbones.base.ImageBackbone`) and refused otherwise."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     name = resolve_auto(name.strip())
+    if name.startswith(ENCODER_PREFIX):
+        if not image_only:
+            raise BackboneUnavailableError(
+                f"{name!r} is an image-only encoder (no text tower): this command needs a vision-language "
+                "backbone ('lite', 'biomedclip', an open_clip model); encoders serve PRADOT, PatchCore and "
+                "'medot eval linear|finetune'"
+            )
+        from medot.backbones.encoder import load_encoder_backbone
+
+        return load_encoder_backbone(name).freeze().to(device)
     if name == LITE:
         from medot.backbones.lite import load_lite
 
@@ -56,6 +73,6 @@ def create_backbone(name: str = AUTO, device: torch.device | str | None = None) 
     else:
         raise BackboneUnavailableError(
             f"unknown backbone {name!r}: use 'auto', 'lite', 'biomedclip', 'hf-hub:ORG/REPO', "
-            "'open_clip:MODEL/PRETRAINED' or 'local-dir:PATH'"
+            "'open_clip:MODEL/PRETRAINED', 'local-dir:PATH' or (image-only methods) 'encoder:PATH'"
         )
     return backbone.freeze().to(device)

@@ -11,6 +11,10 @@ Anomaly detection and localisation (:mod:`medot.eval.anomaly`; MADPOT, PRADOT, z
   rule interpolated at the limit, normalised by it), returned as :class:`AUPROResult` with the
   limit it used (:data:`DEFAULT_FPR_LIMIT` = 0.3).
 
+Calibration (:mod:`medot.eval.calibration`): :class:`NormalCalibration` puts anomaly scores of any
+method on a normal-referenced scale (percentile among held-out normals, pixel scores in units of
+the normals' 99th percentile) and gives a verdict at the normals' 99th percentile.
+
 Classification (:mod:`medot.eval.classification`; K-MaT):
 
 * :func:`accuracy`, :func:`macro_f1` (scikit-learn);
@@ -25,6 +29,7 @@ message that says what to change.
 """
 
 from medot.eval._inputs import MetricError
+from medot.eval.calibration import NormalCalibration
 from medot.eval.anomaly import (
     DEFAULT_FPR_LIMIT,
     AUPROResult,
@@ -44,6 +49,7 @@ __all__ = [
     "DEFAULT_FPR_LIMIT",
     "AUPROResult",
     "MetricError",
+    "NormalCalibration",
     "SeedSummary",
     "au_pro",
     "accuracy",

@@ -5,8 +5,10 @@ later in its worker with "exited with status 2". The check indexes files (no pix
 backbone loaded) with the same functions the method's command uses:
 
 * ``kmat`` - :func:`medot.methods.prompt_learning.crossmodal.resolve_task`: a paper task name
-  (its folders must exist under the data root), a task folder or a task JSON file (parsed, every
-  path it names confined to the data root), with descriptions when the chosen method needs them;
+  (its folders must exist under the data root), a task folder (``<high>/{train,val,test}/<class>/``
+  + ``<low>/test/<class>/``, every split's class checks run at training time) or a task JSON file
+  (parsed, every path it names confined to the data root); a plain image folder is not a
+  cross-modal task; with descriptions when the chosen method needs them;
 * ``pradot`` - :func:`medot.methods.pradot.data.anomaly_classes` and ``load_anomaly_splits``: an
   MVTec AD / MVFA folder holding one category or object (a job has no ``--category``).
 
@@ -26,10 +28,20 @@ from medot.jobs.registry import JobError
 
 
 def _kmat(arguments: Mapping[str, Any], home: Path, data_root: Path) -> None:
-    from medot.methods.prompt_learning.crossmodal import resolve_task
+    from medot.methods.prompt_learning.crossmodal import FOLDER_LAYOUT, PAPER_TASKS, TaskError, resolve_task
 
+    dataset = arguments["dataset"]
     settings = Settings(home=home, data_root=data_root, backbone="auto")
-    task = resolve_task(arguments["dataset"], settings, descriptions=arguments.get("descriptions"))
+    try:
+        task = resolve_task(dataset, settings, descriptions=arguments.get("descriptions"))
+    except TaskError as error:
+        if not Path(dataset).is_dir():
+            raise
+        raise JobError(
+            f"K-MaT trains on a cross-modal task, not on one folder ({dataset}): choose 'synthetic', a paper task "
+            f"({', '.join(PAPER_TASKS)}), a task folder {FOLDER_LAYOUT}, or a task JSON file under the data root "
+            f"(format: docs/methods/kmat.md); {error}"
+        ) from None
     task.require_descriptions(arguments.get("method", "kmat"))
 
 
@@ -50,9 +62,12 @@ def _pradot(arguments: Mapping[str, Any], home: Path, data_root: Path) -> None: 
 DATASET_CHECKS: dict[str, Callable[[Mapping[str, Any], Path, Path], None]] = {"kmat": _kmat, "pradot": _pradot}
 
 
-def check_job_dataset(method: str, arguments: Mapping[str, Any], home: Path, data_root: Path) -> None:
-    """Raise :class:`JobError` saying why a ``method`` job with the checked ``arguments`` could not
-    read its ``dataset`` (``synthetic``, a paper task name or an absolute path inside the data root)."""
+def check_job_dataset(method: str, arguments: Mapping[str, Any] | str | None, home: Path, data_root: Path) -> None:
+    """Raise :class:`JobError` saying why a ``method`` job with the checked ``arguments`` (or just
+    its dataset) could not read its ``dataset`` (``synthetic``, a paper task name or an absolute
+    path inside the data root)."""
+    if not isinstance(arguments, Mapping):
+        arguments = {"dataset": arguments}
     check = DATASET_CHECKS.get(method)
     dataset = arguments.get("dataset")
     if check is None or dataset is None or dataset == SYNTHETIC:

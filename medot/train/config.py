@@ -31,7 +31,9 @@ class TrainConfig:
     """One training run. Defaults follow CoOp (Zhou et al., IJCV 2022): SGD with momentum 0.9,
     lr 0.002, weight decay 5e-4, one warm-up epoch at a constant 1e-5, then cosine annealing.
 
-    * ``optimizer``: ``"sgd"`` (momentum ``momentum``) or ``"adamw"`` (``betas``);
+    * ``optimizer``: ``"sgd"`` (momentum ``momentum``), ``"adamw"`` (``betas``) or ``"lars"``
+      (timm's ``Lars``, momentum ``momentum``: You et al. 2017, as VICReg trains; a parameter group
+      with ``weight_decay`` 0 is neither decayed nor adapted);
     * ``warmup``: ``"constant"`` (CoOp: ``warmup_lr`` throughout the warm-up) or ``"linear"``
       (from ``warmup_lr`` up to ``lr``); see :class:`medot.train.schedule.WarmupCosineSchedule`;
     * ``patience``: stop after this many epochs without the validation score improving by more
@@ -44,7 +46,7 @@ class TrainConfig:
     """
 
     epochs: int = 50
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "lars"] = "sgd"
     lr: float = 0.002
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -64,8 +66,8 @@ class TrainConfig:
     event_every_steps: int = 10
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.optimizer not in ("sgd", "adamw", "lars"):
+            raise ValueError(f"optimizer must be 'sgd', 'adamw' or 'lars', got {self.optimizer!r}")
         if self.warmup not in ("constant", "linear"):
             raise ValueError(f"warmup must be 'constant' or 'linear', got {self.warmup!r}")
         if self.epochs < 1 or not 0 <= self.warmup_epochs < self.epochs:

@@ -253,6 +253,8 @@ class FeatureCache:
             {
                 "format": CACHE_FORMAT,
                 "backbone": backbone.name,
+                # weights that can change under one name (encoder:PATH) add their file's hash
+                **({"weights": backbone.weights_sha256} if getattr(backbone, "weights_sha256", None) else {}),
                 "dtype": str(backbone.dtype),
                 "preprocess": asdict(backbone.preprocess),
                 "layers": sorted(layers),

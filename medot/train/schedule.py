@@ -53,11 +53,15 @@ class WarmupCosineSchedule:
 
 
 def build_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum) or AdamW over ``groups``; each group remembers its base lr as ``base_lr``."""
+    """SGD (momentum), AdamW or LARS over ``groups``; each group remembers its base lr as ``base_lr``."""
     if not any(group["params"] for group in groups):
         raise ValueError("the task has no trainable parameters (every parameter has requires_grad=False)")
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    elif config.optimizer == "lars":
+        from timm.optim import Lars
+
+        optimizer = Lars(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     for group in optimizer.param_groups:

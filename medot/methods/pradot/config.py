@@ -10,16 +10,47 @@ from medot.errors import MedotError
 DEFAULT_ALPHAS = (0.0, 0.3)
 """The paper's ensemble: global (alpha = 0) and local (alpha = 0.3) prototypes on each layer."""
 
+INITS = ("data", "uniform")
+r"""Prototype initialisations: features sampled from the training set at each prototype's own cell
+(``data``, default) or the authors' :math:`\mathcal{U}[0, 1)^C` noise (``uniform``)."""
+
+SINKHORN_TOL = 1e-2
+r"""Default stopping tolerance of a training step's Sinkhorn solve: the L1 error of the prototype
+marginal, :math:`\|\Gamma^\top\mathbf{1} - \mathbf{b}\|_1 < 10^{-2}` (at most 1 % of the mass
+misplaced; rows are exact after every update). The barycentres divide by each prototype's actual
+column mass, so a column-mass error changes no barycentre by itself; ``docs/methods/pradot.md``
+records the plan difference against the cold 100-iteration solve that this tolerance gives."""
+
+PRESETS = ("auto", "paper", "cpu")
+"""``paper``: the authors' sizes (two layers, 16 prototypes per cell, batches of 64 images, 50
+epochs); ``cpu``: one layer (the coarser default, ``stride16`` for ``lite``), 4 prototypes per
+cell, OT batches bounded by :data:`CPU_PLAN_BUDGET` entries, 10 epochs; ``auto``: ``paper`` with a
+CUDA GPU, else ``cpu``."""
+
+CPU_PLAN_BUDGET = 1 << 21
+"""Plan entries per OT problem under the ``cpu`` preset (2 Mi entries, 8 MiB of float32 per plan:
+at ``lite`` stride16 with 4 prototypes per cell, 196 x 784 entries per image, 13 images per OT
+batch). An epoch costs about the same number of plan entries whatever the batch, so a bounded
+batch gives more EMA steps per epoch at no extra cost."""
+
 
 @dataclass(frozen=True)
 class PradotConfig:
     """One PRADOT run: an ensemble of prototype banks, one per ``(layer, alpha)`` pair.
 
-    Defaults are the paper's / its authors' configuration (Trombetta & Lartizien 2025): 16
-    prototypes per grid location, balanced entropic OT with ``epsilon = 0.01`` and 100 log-domain
-    Sinkhorn iterations, EMA momentum 0.95, fixed prototype positions, 50 epochs of batches of 64
-    images. ``layers`` empty means "the caller picks" (the CLI uses the backbone's two shallowest
-    default layers: ``stride8`` and ``stride16`` for ``lite``).
+    Sizes default to the paper's / its authors' configuration (Trombetta & Lartizien 2025): 16
+    prototypes per grid location, balanced entropic OT with ``epsilon = 0.01`` and at most 100
+    log-domain Sinkhorn iterations, EMA momentum 0.95, fixed prototype positions, 50 epochs of
+    batches of (at most) 64 images. ``layers`` empty means "the caller picks" (the CLI uses the
+    backbone's two shallowest default layers: ``stride8`` and ``stride16`` for ``lite``).
+
+    Training departs from the authors by default in three ways that cost no accuracy
+    (``docs/methods/pradot.md``): ``init="data"`` (prototypes start at training features of their
+    own cell; ``"uniform"`` is the authors' noise), ``warm_start`` (each Sinkhorn solve starts from
+    the previous step's prototype potential) and ``sinkhorn_tol`` (stop when the prototype marginal
+    is within that L1 error; ``0`` runs exactly ``sinkhorn_iterations``). ``plan_budget`` (plan
+    entries, ``None``: no bound) caps the images per OT batch below ``batch_size`` so that one step
+    fits a memory budget. :meth:`preset` gives the ``paper`` and ``cpu`` settings.
     """
 
     layers: tuple[str, ...] = ()
@@ -32,6 +63,24 @@ class PradotConfig:
     epochs: int = 50
     batch_size: int = 64
     seed: int = 0
+    init: str = "data"
+    warm_start: bool = True
+    sinkhorn_tol: float = SINKHORN_TOL
+    plan_budget: int | None = None
+
+    @classmethod
+    def preset(cls, name: str, default_layers: tuple[str, ...] | list[str] = (), *, cuda: bool = False,
+               **overrides: Any) -> PradotConfig:
+        """The ``paper`` or ``cpu`` settings (``auto``: ``paper`` when ``cuda``, else ``cpu``) for a
+        backbone whose default layers are ``default_layers``; ``overrides`` (not None) win."""
+        resolved = resolve_preset(name, cuda)
+        layers = tuple(default_layers[:2]) if resolved == "paper" else tuple(default_layers[1:2] or default_layers[:1])
+        if resolved == "paper":
+            base: dict[str, Any] = {"layers": layers}
+        else:
+            base = {"layers": layers, "n_prototypes": 4, "epochs": 10, "plan_budget": CPU_PLAN_BUDGET}
+        base.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**base)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -55,6 +104,12 @@ class PradotConfig:
             problems.append(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.init not in INITS:
+            problems.append(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if not self.sinkhorn_tol >= 0.0:
+            problems.append(f"sinkhorn_tol must be >= 0, got {self.sinkhorn_tol}")
+        if self.plan_budget is not None and self.plan_budget < 1:
+            problems.append(f"plan_budget must be >= 1 plan entries, got {self.plan_budget}")
         if problems:
             raise MedotError("invalid PRADOT settings: " + "; ".join(problems))
 
@@ -68,6 +123,15 @@ class PradotConfig:
     def from_dict(cls, data: dict[str, Any]) -> PradotConfig:
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         return cls(**known)
+
+
+def resolve_preset(name: str, cuda: bool) -> str:
+    """``paper`` or ``cpu`` for a preset name (``auto`` follows ``cuda``); refuses unknown names."""
+    if name not in PRESETS:
+        raise MedotError(f"unknown PRADOT preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if name == "auto":
+        return "paper" if cuda else "cpu"
+    return name
 
 
 @dataclass(frozen=True)

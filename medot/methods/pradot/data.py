@@ -131,3 +131,21 @@ def view_masks(backbone: VisionLanguageBackbone, records: tuple[ImageRecord, ...
         if record.mask_path is not None:
             masks[row] = view_mask(backbone, read_mask(record.mask_path))
     return masks
+
+
+def hold_out_normals(
+    paths: tuple[Path, ...], fraction: float, seed: int = 0
+) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """Split the normal training images into ``(train, held_out)`` for score calibration.
+
+    ``round(fraction * N)`` images, at least one and at most ``N - 1`` (none when ``N < 2`` or
+    ``fraction == 0``), drawn with ``numpy.random.default_rng(seed)``; both parts keep the input
+    order. The held-out normals are never trained on (:mod:`medot.eval.calibration`).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise DatasetLayoutError(f"the calibration fraction must be in [0, 1), got {fraction}")
+    count = len(paths)
+    held = 0 if count < 2 or fraction == 0.0 else min(count - 1, max(1, round(fraction * count)))
+    chosen = set(np.random.default_rng(seed).permutation(count)[:held].tolist())
+    train = tuple(path for index, path in enumerate(paths) if index not in chosen)
+    return train, tuple(path for index, path in enumerate(paths) if index in chosen)

@@ -5,8 +5,9 @@ The checkpoint (:mod:`medot.checkpoint`: safetensors + JSON sidecar, never pickl
 ensemble member ``i``, the tensors ``member.<i>.features`` ``[P, C]`` and ``member.<i>.positions``
 ``[P, 2]``, and in its metadata ``method = "pradot"``, the backbone name, the input size, each
 member's ``layer``, ``alpha``, ``grid``, ``channels`` and ``n_prototypes``, the
-:class:`~medot.methods.pradot.config.PradotConfig`, and whatever ``metrics`` / ``training``
-records the caller adds.
+:class:`~medot.methods.pradot.config.PradotConfig`, whatever ``metrics`` / ``training``
+records the caller adds, and optionally the ``calibration`` on held-out normals
+(:class:`~medot.eval.calibration.NormalCalibration`, read back as ``detector.calibration``).
 
 :class:`BackboneDetector` and :func:`checkpoint_backbone` are shared with the PatchCore baseline's
 checkpoints (:mod:`.patchcore_io`): both encode raw images with the backbone's layers and hand the
@@ -27,6 +28,7 @@ from PIL import Image
 from medot.backbones.base import VisionLanguageBackbone
 from medot.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medot.errors import CheckpointError
+from medot.eval.calibration import NormalCalibration
 from medot.methods.pradot.config import PradotConfig
 from medot.methods.pradot.torch_model import PradotModel, PrototypeBank, PrototypeMatch
 
@@ -42,6 +44,7 @@ def save_pradot(
     config: PradotConfig,
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    calibration: NormalCalibration | None = None,
 ) -> Path:
     """Write ``model`` as a medot checkpoint at ``path``; returns the tensor file's path."""
     tensors: dict[str, torch.Tensor] = {}
@@ -70,6 +73,8 @@ def save_pradot(
         "metrics": metrics or {},
         "training": training or {},
     }
+    if calibration is not None:
+        meta["calibration"] = calibration.to_dict()
     return save_checkpoint(path, Checkpoint(tensors, meta))
 
 
@@ -118,6 +123,8 @@ class BackboneDetector:
         self.model = model.to(backbone.device).eval()
         self.meta = meta
         self.image_size = int(meta.get("image_size", backbone.preprocess.image_size))
+        self.calibration = NormalCalibration.from_meta(meta)
+        """Scores of held-out normals (:mod:`medot.eval.calibration`), or None if saved without."""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -164,7 +171,7 @@ def checkpoint_backbone(
     if backbone is None or isinstance(backbone, str):
         from medot.backbones import create_backbone
 
-        backbone = create_backbone(backbone or trained_on, device=device)
+        backbone = create_backbone(backbone or trained_on, device=device, image_only=True)
     if backbone.name != trained_on:
         raise CheckpointError(
             f"this {label} model was trained on backbone {trained_on!r}, not {backbone.name!r}: "

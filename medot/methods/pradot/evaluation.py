@@ -148,6 +148,14 @@ def benchmark_class(
     return ClassBenchmark([pradot_row, patchcore_row], model, training)
 
 
+def calibrate(scorer: Scorer, tokens: Mapping[str, torch.Tensor], device: torch.device, source: str = ""):
+    """:class:`~medot.eval.calibration.NormalCalibration` of ``scorer`` on held-out normal ``tokens``."""
+    from medot.eval.calibration import NormalCalibration
+
+    maps, scores = score_in_chunks(scorer, tokens, device)
+    return NormalCalibration.fit(scores, maps, source=source)
+
+
 def _defined(metric: Callable[[], float]) -> float | None:
     try:
         return float(metric())

@@ -15,7 +15,9 @@ On exactly the patch tokens PRADOT reads (the same backbone layers):
 3. **Scores** (Sec. 3.3): a test patch scores its distance to the nearest memory item,
    :math:`s = \min_{m \in \mathcal{M}_C} \|m^{\mathrm{test}} - m\|_2`; the patch grid is upsampled
    bilinearly and smoothed by a Gaussian of :math:`\sigma = 4` pixels. The image score is the
-   largest patch score :math:`s^*`, optionally re-weighted (Eq. 7) by
+   maximum of that map (so the score shown is the largest value the map shows; anomalib takes the
+   largest patch score before upsampling and smoothing, which is slightly larger), optionally
+   re-weighted (Eq. 7) by
    :math:`w = 1 - \exp\|m^{\mathrm{test},*} - m^*\| / \sum_{m \in \mathcal{N}_b(m^*)}
    \exp\|m^{\mathrm{test},*} - m\|`, with :math:`\mathcal{N}_b(m^*)` the ``b`` memory items
    nearest to :math:`m^*` (itself included; anomalib's ``compute_anomaly_score``).
@@ -158,19 +160,20 @@ class PatchCoreModel(nn.Module):
         batch, cells, dim = embedding.shape
         distance, index = self.nearest(embedding.reshape(-1, dim))
         distance, index = distance.reshape(batch, cells), index.reshape(batch, cells)
-        scores = self._image_scores(embedding, distance, index)
         maps = F.interpolate(distance.reshape(batch, 1, *grid), size=tuple(size), mode="bilinear", align_corners=False)
-        return gaussian_blur(maps.squeeze(1), self.config.blur_sigma), scores
+        maps = gaussian_blur(maps.squeeze(1), self.config.blur_sigma)
+        scores = maps.flatten(1).amax(dim=1)
+        if self.config.reweight:
+            scores = scores * self._reweighting(embedding, distance, index)
+        return maps, scores
 
-    def _image_scores(self, embedding: Tensor, distance: Tensor, index: Tensor) -> Tensor:
-        top, where = distance.max(dim=1)
-        if not self.config.reweight:
-            return top
+    def _reweighting(self, embedding: Tensor, distance: Tensor, index: Tensor) -> Tensor:
+        """Eq. 7's weight :math:`w` at each image's worst patch (module docstring, step 3)."""
+        where = distance.argmax(dim=1)
         rows = torch.arange(embedding.shape[0], device=embedding.device)
         worst_patch = embedding[rows, where]
         nearest_item = self.memory_bank[index[rows, where]]
         neighbours = min(self.config.num_neighbors, self.memory_bank.shape[0])
         support = euclidean_cost(nearest_item, self.memory_bank).topk(neighbours, dim=1, largest=False).indices
         support_distance = torch.linalg.vector_norm(worst_patch.unsqueeze(1) - self.memory_bank[support], dim=-1)
-        weight = 1.0 - torch.softmax(support_distance, dim=1)[:, 0]
-        return weight * top
+        return 1.0 - torch.softmax(support_distance, dim=1)[:, 0]

@@ -19,6 +19,7 @@ import torch
 from medot.backbones.base import VisionLanguageBackbone
 from medot.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medot.errors import CheckpointError
+from medot.eval.calibration import NormalCalibration
 from medot.methods.pradot.config import PatchCoreConfig
 from medot.methods.pradot.detector import BackboneDetector, checkpoint_backbone
 from medot.methods.pradot.patchcore import PatchCoreModel
@@ -33,6 +34,8 @@ def save_patchcore(
     backbone: str,
     image_size: int,
     metrics: dict[str, Any] | None = None,
+    calibration: NormalCalibration | None = None,
+    training: dict[str, Any] | None = None,
 ) -> Path:
     """Write the fitted ``model`` as a medot checkpoint at ``path``; returns the tensor file's path."""
     if model.memory_bank.numel() == 0:
@@ -46,7 +49,10 @@ def save_patchcore(
         "memory_bank_size": int(model.memory_bank.shape[0]),
         "hyperparameters": asdict(model.config),
         "metrics": metrics or {},
+        "training": training or {},
     }
+    if calibration is not None:
+        meta["calibration"] = calibration.to_dict()
     return save_checkpoint(path, Checkpoint({"memory_bank": model.memory_bank}, meta))
 
 
@@ -89,3 +95,34 @@ def load_patchcore(
     model = patchcore_from_checkpoint(checkpoint)
     backbone = checkpoint_backbone(checkpoint.meta, backbone, device, "PatchCore")
     return PatchCoreDetector(model, backbone, checkpoint.meta)
+
+
+def load_anomaly_detector(
+    path: str | os.PathLike,
+    backbone: VisionLanguageBackbone | str | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> BackboneDetector:
+    """A PRADOT, PatchCore, MADPOT or MVFA-baseline checkpoint, whichever ``path`` holds, as its detector."""
+    from medot.methods.pradot.detector import METHOD as PRADOT
+    from medot.methods.pradot.detector import PradotDetector, model_from_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    method = checkpoint.meta.get("method")
+    if method == PRADOT:
+        model, _ = model_from_checkpoint(checkpoint)
+        return PradotDetector(model, checkpoint_backbone(checkpoint.meta, backbone, device, "PRADOT"), checkpoint.meta)
+    if method == METHOD:
+        model = patchcore_from_checkpoint(checkpoint)
+        return PatchCoreDetector(model, checkpoint_backbone(checkpoint.meta, backbone, device, "PatchCore"),
+                                 checkpoint.meta)
+    if method in ("madpot", "mvfa"):
+        from medot.methods.madpot.detector import MadpotDetector
+        from medot.methods.madpot.detector import model_from_checkpoint as madpot_from_checkpoint
+
+        owner = checkpoint_backbone(checkpoint.meta, backbone, device, "MADPOT")
+        return MadpotDetector(madpot_from_checkpoint(checkpoint, owner), owner, checkpoint.meta)
+    raise CheckpointError(
+        f"{path} holds a {method!r} model; predict-anomaly reads PRADOT and PatchCore checkpoints "
+        "(<out>/model and <out>/patchcore of `medot train pradot`) and MADPOT / MVFA ones (`medot train madpot`)"
+    )

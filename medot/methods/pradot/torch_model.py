@@ -3,15 +3,23 @@ r"""PRADOT as plain ``nn.Module`` s: one prototype bank per ``(layer, alpha)`` a
 A :class:`PrototypeBank` holds :math:`P = n \cdot H \cdot W` prototypes for one layer whose patch
 grid is :math:`H \times W`: ``n`` per grid cell, prototype :math:`j = k\,HW + r\,W + c` being copy
 ``k`` at cell ``(r, c)``. Its state is two buffers, ``features`` ``[P, C]`` (initialised uniformly
-in :math:`[0, 1)`, as the authors do) and ``positions`` ``[P, 2]`` (cell centres on
-:math:`[0, 1]^2`, the same geometry as the tokens, :func:`medot.ot.grid_positions`).
+in :math:`[0, 1)`, as the authors do, or from the data by :meth:`PrototypeBank.init_from_data`:
+prototype :math:`(k, r)` starts at the embedding :math:`x_{b_{k,r}, r}` of a training image
+:math:`b_{k,r}` at its own cell, the images of one cell drawn without replacement) and
+``positions`` ``[P, 2]`` (cell centres on :math:`[0, 1]^2`, the same geometry as the tokens,
+:func:`medot.ot.grid_positions`).
 
 **Training step** (:meth:`PrototypeBank.fit_batch`; paper Sec. 3.2). For a batch of ``B`` images
 the :math:`N = B\,H\,W` embeddings (mass :math:`1/N` each) are matched to the prototypes (mass
 :math:`1/P` each) by balanced entropic OT on the batch-normalised cost :math:`M`
 (:mod:`medot.methods.pradot.cost`): :math:`\Gamma = \mathrm{Sinkhorn}_\varepsilon(M)`, log domain,
-a fixed number of iterations. Each prototype then moves toward the barycentre of the embeddings it
-received,
+at most ``sinkhorn_iterations`` updates, stopping once :math:`\|\Gamma^\top\mathbf{1} -
+\mathbf{b}\|_1 <` ``sinkhorn_tol`` (``0``: always the full count). With ``warm_start`` the solve
+starts from the previous step's prototype potential :math:`\mathbf{g}` (prototypes move little
+under the EMA) and the embedding potential is its c-transform on the new cost,
+:math:`f_i = -\varepsilon \log \sum_j b_j \exp((g_j - M_{ij})/\varepsilon)`, the exact row
+update for that :math:`\mathbf{g}` (:meth:`PrototypeBank.transport_plan`). Each prototype then
+moves toward the barycentre of the embeddings it received,
 
 .. math::
     \bar p_j = \frac{\sum_i \Gamma_{ij}\, x_i}{\sum_i \Gamma_{ij}}, \qquad
@@ -39,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medot.methods.pradot.cost import Scope, pradot_cost
-from medot.ot import barycentric_projection, grid_positions, sinkhorn
+from medot.ot import SinkhornResult, barycentric_projection, grid_positions, sinkhorn
 
 CHUNK_ELEMENTS = 1 << 25
 """Largest cost tensor (entries) built at once when scoring: 128 MB of float32."""
@@ -82,6 +90,8 @@ class PrototypeBank(nn.Module):
         sinkhorn_iterations: int = 100,
         update_positions: bool = False,
         generator: torch.Generator | None = None,
+        sinkhorn_tol: float = 0.0,
+        warm_start: bool = False,
     ) -> None:
         super().__init__()
         height, width = (int(v) for v in grid)
@@ -93,6 +103,12 @@ class PrototypeBank(nn.Module):
         self.ema = float(ema)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
         self.update_positions = bool(update_positions)
+        self.sinkhorn_tol = float(sinkhorn_tol)
+        self.warm_start = bool(warm_start)
+        self.dual_g: Tensor | None = None
+        """The prototype potential of the last training solve (``[P]``), the next warm start."""
+        self.last_iterations = 0
+        """Sinkhorn updates the last training step took."""
         cells = grid_positions(height, width)
         count = self.n_prototypes * height * width
         self.register_buffer("features", torch.rand(count, int(channels), generator=generator))
@@ -126,12 +142,54 @@ class PrototypeBank(nn.Module):
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
-    def fit_batch(self, tokens: Tensor) -> Tensor:
-        """One OT + EMA step on the batch ``tokens`` ``[B, HW, C]``; returns :math:`\\langle\\Gamma, M\\rangle`."""
-        batch, cells, channels = tokens.shape
+    def init_from_data(self, tokens: Tensor, generator: torch.Generator | None = None) -> None:
+        """Start prototype :math:`(k, r)` at a training embedding of cell ``r``: ``tokens`` ``[N, HW, C]``.
+
+        Each cell draws its ``n`` images without replacement (a fresh random order per cell); with
+        fewer images than prototypes per cell (``N < n``) the order repeats, so copies ``k >= N``
+        start equal to copy ``k mod N`` (and, moving by the same barycentres, stay equal).
+        """
+        self._check_tokens(tokens)
+        count, cells, _ = tokens.shape
+        order = torch.argsort(torch.rand(cells, count, generator=generator), dim=1)  # [HW, N]
+        copies = torch.arange(self.n_prototypes) % count
+        images = order[:, copies].transpose(0, 1).reshape(-1)  # prototype j = k * HW + r
+        where = torch.arange(cells).repeat(self.n_prototypes)
+        self.features.copy_(tokens[images.to(tokens.device), where.to(tokens.device)].to(self.features))
+        self.dual_g = None
+
+    @torch.no_grad()
+    def transport_plan(self, tokens: Tensor, *, warm: bool | None = None) -> SinkhornResult:
+        """The training step's OT solve on ``tokens`` ``[B, HW, C]`` (plan ``[B HW, P]``), warm-started
+        from :attr:`dual_g` when ``warm`` (default: ``warm_start``) and a previous solve exists.
+        Changes no state."""
+        batch, cells, _ = tokens.shape
         cost = self.cost(tokens, scope="batch").reshape(batch * cells, self.num_prototypes)
-        solution = sinkhorn(cost, epsilon=self.epsilon, max_iter=self.sinkhorn_iterations, tol=0.0)
-        del cost
+        use_warm = self.warm_start if warm is None else warm
+        init = None
+        if use_warm and self.dual_g is not None:
+            g = self.dual_g.to(cost.device, cost.dtype)
+            init = (self._c_transform(cost, g), g)
+        return sinkhorn(cost, epsilon=self.epsilon, max_iter=self.sinkhorn_iterations, tol=self.sinkhorn_tol,
+                        init=init)
+
+    def _c_transform(self, cost: Tensor, g: Tensor) -> Tensor:
+        r""":math:`f_i = -\varepsilon \log \sum_j b_j \exp((g_j - M_{ij})/\varepsilon)` (uniform ``b``), by row blocks."""
+        log_b = -float(np.log(cost.shape[1]))
+        step = max(1, CHUNK_ELEMENTS // cost.shape[1])
+        parts = [torch.logsumexp((g - rows) / self.epsilon, dim=1) for rows in cost.split(step)]
+        return -self.epsilon * (torch.cat(parts) + log_b)
+
+    @torch.no_grad()
+    def fit_batch(self, tokens: Tensor) -> Tensor:
+        """One OT + EMA step on the batch ``tokens`` ``[B, HW, C]``; returns :math:`\\langle\\Gamma, M\\rangle`.
+
+        Keeps the solve's prototype potential in :attr:`dual_g` and its update count in
+        :attr:`last_iterations`."""
+        batch, cells, channels = tokens.shape
+        solution = self.transport_plan(tokens)
+        self.dual_g = solution.diagnostics.g.detach()
+        self.last_iterations = int(solution.diagnostics.iterations)
         plan_t = solution.plan.transpose(0, 1)
         target = barycentric_projection(plan_t, tokens.reshape(batch * cells, channels).to(plan_t.dtype))
         self.features.mul_(self.ema).add_(target.to(self.features.dtype), alpha=1.0 - self.ema)
@@ -229,6 +287,8 @@ class PradotModel(nn.Module):
         sinkhorn_iterations: int = 100,
         update_positions: bool = False,
         seed: int = 0,
+        sinkhorn_tol: float = 0.0,
+        warm_start: bool = False,
     ) -> PradotModel:
         """One bank per ``(layer, alpha)`` in that order, prototype features drawn from ``seed``."""
         members = []
@@ -247,6 +307,8 @@ class PradotModel(nn.Module):
                     sinkhorn_iterations=sinkhorn_iterations,
                     update_positions=update_positions,
                     generator=generator,
+                    sinkhorn_tol=sinkhorn_tol,
+                    warm_start=warm_start,
                 )
             )
         return cls(members)
@@ -264,6 +326,17 @@ class PradotModel(nn.Module):
             if member.name == name:
                 return member
         raise KeyError(f"no ensemble member {name!r}; members: {[m.name for m in self.members]}")
+
+    def init_from_data(self, tokens: Mapping[str, Tensor], seed: int = 0) -> None:
+        """:meth:`PrototypeBank.init_from_data` for every member on its layer's training tokens
+        ``{layer: [N, HW, C]}``, member ``i`` drawing from ``SeedSequence([seed, i, 1])``."""
+        for index, member in enumerate(self.members):
+            member_seed = int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0])
+            member.init_from_data(tokens[member.layer], torch.Generator().manual_seed(member_seed))
+
+    def plan_entries_per_image(self) -> int:
+        """The largest OT plan one training image adds over the members: ``max HW * P``."""
+        return max(member.grid[0] * member.grid[1] * member.num_prototypes for member in self.members)
 
     def fit_batch(self, tokens: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """One training step of every member on its layer's tokens; OT cost by member name."""

@@ -22,8 +22,8 @@ A task is resolved from a name or a path (:func:`resolve_task`):
        "modalities": {"high": "ct", "low": "xray"}}  # without descriptions: required, as class_names
 
   relative paths are taken from the JSON file's folder; paths inside a split file from the
-  modality's ``root``. A task file inside the data root may name only paths inside it (checked
-  like a typed path, :func:`medot.config.confine_path`: symlinks and ``..`` resolved).
+  modality's ``root``. A task file inside the data root may name only paths inside it (resolved
+  like a typed path, :func:`medot.config.confine_path`).
 
 **Every task class has images in every split that is read** (high-end train, val and test, low-end
 test), and at least ``shots`` in the high-end training split: otherwise :class:`TaskError` names the
@@ -161,7 +161,8 @@ class CrossModalTask:
                 f"{method} needs class descriptions and task {self.name!r} has none: pass --descriptions FILE, a "
                 f"JSON file {DESCRIPTION_FORMAT} with sentences for every class ({', '.join(self.classes)}) in "
                 f"{high!r} and {low!r} (example: {EXAMPLE_DESCRIPTIONS}; format: docs/descriptions.md). Without "
-                f"descriptions, zeroshot, coop, cocoop and kgcoop run (--methods zeroshot,coop,cocoop,kgcoop)"
+                f"descriptions, zeroshot, coop, cocoop and kgcoop run (train: --method coop, cocoop or kgcoop; benchmark: "
+                "--methods zeroshot,coop,cocoop,kgcoop)"
             )
 
     def high_end_data(self, shots: int, seed: int) -> HighEndData:
@@ -413,8 +414,8 @@ def read_task_file(path: Path, confine_to: Path | None = None) -> CrossModalTask
         reference = _string(data["descriptions"], "descriptions", path)
         bundled = reference in bundled_description_sets() and not (base / reference).is_file()
         if not bundled:
-            _confine(base / reference, "descriptions", path, confine_to)
-        descriptions = load_descriptions(reference if bundled else Path(os.path.abspath(base / reference)))
+            named = _confined(Path(os.path.abspath(base / reference)), "descriptions", path, confine_to)
+        descriptions = load_descriptions(reference if bundled else named)
     modality_names = None
     if "modalities" in data:
         value = data["modalities"]
@@ -444,12 +445,11 @@ def read_task_file(path: Path, confine_to: Path | None = None) -> CrossModalTask
     )
 
 
-def _confine(named: Path, key: str, path: Path, root: Path | None) -> None:
-    """Refuse ``named`` (a path the task file ``path`` names under ``key``) outside ``root``."""
+def _confined(named: Path, key: str, path: Path, root: Path | None) -> Path:
     if root is None:
-        return
+        return named
     try:
-        confine_path(named, root)
+        return confine_path(named, root)
     except PathNotAllowedError as error:
         raise TaskError(f"task file {path}: {key!r} names {named}, which is not allowed: {error}") from None
 
@@ -463,15 +463,14 @@ def _string(value: Any, key: str, path: Path) -> str:
 def _modality_data(value: Any, key: str, base: Path, path: Path, confine_to: Path | None = None) -> ModalityData:
     if not isinstance(value, dict) or "root" not in value or set(value) - {"root", "split_file"}:
         raise TaskError(f"task file {path}: {key!r} must be an object {{'root': ..., 'split_file': ... (optional)}}")
-    root = Path(os.path.abspath(base / _string(value["root"], f"{key}.root", path)))
-    _confine(root, f"{key}.root", path, confine_to)
+    root = _confined(Path(os.path.abspath(base / _string(value["root"], f"{key}.root", path))), f"{key}.root", path, confine_to)
     if not root.is_dir():
         raise TaskError(f"task file {path}: the {key}-end dataset folder {root} does not exist")
     split = value.get("split_file")
     if split is None:
         return ModalityData(root)
-    split_file = Path(os.path.abspath(base / _string(split, f"{key}.split_file", path)))
-    _confine(split_file, f"{key}.split_file", path, confine_to)
+    split_key = f"{key}.split_file"
+    split_file = _confined(Path(os.path.abspath(base / _string(split, split_key, path))), split_key, path, confine_to)
     if not split_file.is_file():
         raise TaskError(f"task file {path}: the {key}-end split file {split_file} does not exist")
     return ModalityData(root, split_file)
