@@ -30,12 +30,12 @@ from gradio_client import Client, handle_file  # noqa: E402
 from app_server import REPO, AppServer  # noqa: E402
 from kmat_checkpoint import train_tiny_kmat, write_artefacts_checkpoint  # noqa: E402
 from medot.checkpoint import Checkpoint, checkpoint_paths, load_checkpoint, save_checkpoint  # noqa: E402
-from test_app_kmat_views import _array, _figure  # noqa: E402
+from test_app_kmat_views import _array, _figure, _points_per_class  # noqa: E402
 from test_kmat import write_tiny_task  # noqa: E402
 
 USER, PASSWORD = "alice", "correct horse battery"
 LABELS = "normal, nodule, opacity"
-HIGH = "high-end prompts (w_H)"
+HIGH = "high"  # the Classify tab's modality value for w_H
 
 
 def _error_text(call) -> str:
@@ -135,7 +135,7 @@ def test_models_written_after_start_up_are_accepted_by_the_manifold_and_coupling
     _, client, home, _ = locked
     stored = write_artefacts_checkpoint(home / "models" / "late" / "model", alpha=0.3, epsilon=0.2)
     figure = _figure(client.predict(str(stored), "", "tsne", False, api_name="/manifold"))
-    assert sum(len(trace["hovertext"]) for trace in figure["data"]) == 4 * 3  # w_H, w_L and both anchors
+    assert sum(_points_per_class(figure).values()) == 4 * 3  # w_H, w_L and both anchors of 3 classes
     gamma = _figure(client.predict(str(stored), 0.3, 0.2, api_name="/coupling"))["data"][0]
     plan = load_checkpoint(stored).tensors["artefacts.fgw_plan"].double().numpy()
     np.testing.assert_allclose(_array(gamma["z"]).astype(np.float64), plan, atol=1e-5)
