@@ -9,7 +9,7 @@ import gradio as gr
 
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
 from app.examples import build_example_gallery
-from app.models import listed_model, model_choices, refreshed
+from app.models import ModelCache, listed_model, model_choices, refreshed
 from medot.checkpoint import load_checkpoint
 from medot.config import Settings
 from medot.methods.optiml.config import METHODS

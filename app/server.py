@@ -93,7 +93,7 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
         with gr.Tab("About"):
             build_about_tab()
         fill_on_load(demo, model_lists)
-    accept_listed_models([classify_model, manifold_first, manifold_second, coupling_model])
+    accept_listed_models([classify_model, manifold_first, manifold_second, coupling_model, correspondence_model])
     share_heavy_group(demo, limits.concurrency)
     guard_errors(demo)
     return demo
@@ -126,8 +126,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ("--max-sessions", "MEDOT_MAX_SESSIONS", defaults.max_sessions, "browser/API sessions kept in memory"),
         ("--session-ttl", "MEDOT_SESSION_TTL", int(defaults.session_ttl_s), "seconds an idle session is kept"),
     ):
-        parser.add_argument(flag, type=int, default=_env_int(env, default),
-                            help=f"{what} (default {default if default is not None else 'see'}, env {env})")
+        shown = f"default {default}, " if default is not None else ""
+        parser.add_argument(flag, type=int, default=_env_int(env, default), help=f"{what} ({shown}env {env})")
     parser.add_argument("--share", action="store_true",
                         help="also serve through a temporary public gradio.live link (for local users; see docs/space.md)")
     return parser.parse_args(argv)
@@ -153,7 +153,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
 def main(argv: Sequence[str] | None = None, *, block: bool = True) -> gr.Blocks:
     """Serve the app; with ``block=False`` return the running app (tests close it)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("medot").setLevel(logging.INFO)  # the app's own lines; libraries' only from WARNING
     args = parse_args(argv)
     try:
         limits = limits_from_args(args)
@@ -166,6 +167,10 @@ def main(argv: Sequence[str] | None = None, *, block: bool = True) -> gr.Blocks:
     demo = build_app(settings, device=args.device, max_parallel_jobs=args.max_jobs, limits=limits)
     demo.queue(default_concurrency_limit=args.concurrency)
     host = resolve_host(args.host)
+    if args.share and not credentials:
+        logging.getLogger("medot.app").warning(
+            "--share without a login: anyone with the gradio.live link can use the app and queue jobs; "
+            "set MEDOT_AUTH or MEDOT_AUTH_FILE (docs/deployment.md)")
     logging.getLogger("medot.app").info(
         "serving on %s:%s, %s; %s", host, args.port, "login required" if credentials else "no login",
         limits)

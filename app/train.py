@@ -72,7 +72,7 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
         raise gr.Error(f"Choose a training method: {', '.join(manager.methods)}.", print_exception=False)
     accepted = manager.methods[method]
     wanted = {
-        "dataset": typed_path.strip() or dataset,
+        "dataset": (typed_path or "").strip() or dataset,
         "shots": shots,
         "epochs": epochs,
         "seed": seed,

@@ -226,6 +226,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medot: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as error:
+        if not out_of_memory(error):
+            raise
+        print(f"medot: error: {rank_prefix()}out of memory: this run needs more memory than the device has "
+              "free; lower --batch-size (or the model size, e.g. --n-prototypes), or use a larger machine",
+              file=sys.stderr)
+        return 2
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: MemoryError, torch's OutOfMemoryError, or the CPU allocator's
+    RuntimeError ("... you tried to allocate N bytes")."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        "allocate" in str(error) and "bytes" in str(error))
 
 
 if __name__ == "__main__":

@@ -460,8 +460,22 @@ def _decode_dicom(
     C.11), through ``window`` instead of the file's VOI transform when one is given."""
     frames = int(ds.get("NumberOfFrames") or 1)
     index = _frame_index(frame, frames, label)
-    with _decoder_errors(label, "DICOM"):
-        stored, info = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, index=index)
+    decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+    try:
+        stored, info = decoder.as_array(ds, index=index)
+    except Exception as exc:
+        if ds.file_meta.TransferSyntaxUID.is_compressed and decoder.missing_dependencies:
+            # the installed plugins cannot decode this variant (e.g. Pillow and 12-bit JPEG Extended):
+            # the file is fine, a decoder package is missing
+            raise ImageReadError(
+                f"{label}: the DICOM pixel data is {ds.file_meta.TransferSyntaxUID.name} with "
+                f"{ds.get('BitsStored', '?')} bits stored, which the installed decoder(s) "
+                f"({', '.join(decoder.available_plugins)}) cannot decode ({_first_line(exc)}); install one of: "
+                f"{'; '.join(decoder.missing_dependencies)} (e.g. pip install pylibjpeg pylibjpeg-libjpeg), "
+                "or convert the file to uncompressed DICOM."
+            ) from exc
+        with _decoder_errors(label, "DICOM"):
+            raise
     photometric = str(info["photometric_interpretation"])
     metadata: dict[str, Any] = {
         "modality": str(ds.get("Modality", "")),
@@ -494,6 +508,11 @@ def _decode_dicom(
             "convert the image to MONOCHROME2 or RGB."
         )
     return pixels, str(stored.dtype), metadata
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _lift_frame_functional_groups(ds: pydicom.Dataset, index: int) -> None:

@@ -172,7 +172,11 @@ def _check(name: str, value: Any, argument: Argument, data_root: Path) -> Any:
     if argument.kind == "dataset" and (value == SYNTHETIC or value in argument.choices):
         return value
     path = confine_path(value, data_root)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as error:  # e.g. a name longer than the file system allows
+        raise JobError(f"{name}: {value[:80]!r} cannot be used as a path: {(error.strerror or 'invalid').lower()}") from None
+    if not exists:
         raise JobError(f"{name}: {path} does not exist under the data root {data_root}")
     return str(path)
 
