@@ -16,10 +16,13 @@ import gradio as gr
 import numpy as np
 
 from app.backbones import BackboneCache, describe
+from app.examples import build_example_gallery
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
-from app.models import ModelCache, listed_model, model_choices
+from app.models import ModelCache, listed_model, model_choices, refreshed
 from medot.config import Settings
-from medot.data.examples import example_images
+from medot.methods.madpot.config import MADPOT, MVFA_BASELINE
+from medot.methods.madpot.detector import load_madpot, zero_shot_detector
+from medot.methods.madpot.viz import assignment_image, assignment_summary
 from medot.methods.pradot.data import view_image
 from medot.methods.pradot.detector import METHOD, BackboneDetector, load_pradot
 from medot.methods.pradot.patchcore_io import METHOD as PATCHCORE, load_patchcore
@@ -27,8 +30,9 @@ from medot.eval.calibration import NormalCalibration
 from medot.viz.anomaly_panel import GAP, anomaly_panel
 
 #: Method radio label -> checkpoint method
-METHODS = {"PRADOT": METHOD, "PatchCore (baseline)": PATCHCORE}
-LOADERS = {METHOD: load_pradot, PATCHCORE: load_patchcore}
+METHODS = {"PRADOT": METHOD, "PatchCore (baseline)": PATCHCORE, "MADPOT": MADPOT, "MVFA (baseline)": MVFA_BASELINE}
+LOADERS = {METHOD: load_pradot, PATCHCORE: load_patchcore, MADPOT: load_madpot, MVFA_BASELINE: load_madpot}
+NO_ASSIGNMENT = "The partial-OT assignment exists only for MADPOT models: choose one with **Method**."
 PATCHCORE_NOTE = (
     "PatchCore, PRADOT's nearest-neighbour baseline, is saved beside every PRADOT model that "
     "`medot train pradot` writes; pick it with **Method** to compare the two maps. "
@@ -114,6 +118,48 @@ def verdict_text(detection: Detection, calibration: NormalCalibration | None) ->
     )
 
 
+def _score_rule(meta: dict) -> str:
+    if meta["method"] in (MADPOT, MVFA_BASELINE) and not meta.get("localised", True):
+        return ("mean over layers of the POT and CL abnormal probabilities" if meta["method"] == MADPOT
+                else "MVFA's text detection probability fused with the memory-bank score")
+    return "maximum of the map"
+
+
+def zero_shot(backbones: BackboneCache, settings: Settings, file_path: str | None, object_name: str,
+              opacity: float, threshold: float | None):
+    """A text-only map for a typed object name, no training (MADPOT's zero-shot baseline); returns
+    what :func:`detect` returns."""
+    image = read_upload(file_path)
+    name = " ".join((object_name or "").split())
+    if not name:
+        raise gr.Error("Type the object name first, e.g. 'chest X-ray'.", print_exception=False)
+    with user_errors():
+        detector = zero_shot_detector(backbones.get(settings.backbone), name)
+        view = view_image(detector.backbone, image.rgb())
+        maps, scores = detector.predict([view])
+    anomaly_map, score = maps[0].numpy(), float(scores[0])
+    detection = Detection("", view, anomaly_map, score, float(anomaly_map.max()), False)
+    summary = (f"**Zero-shot image anomaly score for '{name}': {score:.4f}** (maximum of the map; fixed prompt "
+               f"ensembles on the joint-space patch tokens, no training, no calibration: colours are relative to "
+               f"this image's maximum).  \n{describe(detector.backbone)}")
+    return render(detection, opacity, threshold), score, "", summary, "", detection
+
+
+def assignment(detectors: DetectorCache, settings: Settings, detection: Detection | None, layer: str | None):
+    """For a MADPOT detection: the image of which prompt took each patch's mass and a summary line."""
+    if detection is None or not detection.model:
+        return None, "Run a detection with a MADPOT model first."
+    with user_errors():
+        meta = listed_model(settings, detection.model, tuple(LOADERS))
+        if meta["method"] != MADPOT:
+            return None, NO_ASSIGNMENT
+        detector = detectors.get(detection.model, meta["backbone"], meta["method"])
+        found = detector.assignments([detection.view], layer or None)
+    k = int(meta["hyperparameters"]["n_prompts"])
+    picture = assignment_image(found["prompt"][0], found["mass"][0], found["grid"], k, detection.view.shape[0])
+    return picture, f"Layer {found['layer']}: " + assignment_summary(found["prompt"][0], found["mass"][0], k)
+
+
 def _describe_model(meta: dict) -> str:
     domain = meta.get("training") or {}
     trained = ""
@@ -123,6 +169,10 @@ def _describe_model(meta: dict) -> str:
     if meta["method"] == PATCHCORE:
         return (f"PatchCore baseline: {meta['memory_bank_size']} memory-bank patches of "
                 f"{', '.join(meta['layers'])}.{trained}")
+    if meta["method"] in (MADPOT, MVFA_BASELINE):
+        what = "MADPOT" if meta["method"] == MADPOT else "MVFA baseline (no write-back into the tower)"
+        return (f"{what} for {', '.join(meta['objects'])}, layers {', '.join(meta['layers'])}; image score: "
+                f"{_score_rule(meta)}.")
     members = ", ".join(f"{m['layer']} α={m['alpha']:g}" for m in meta["members"])
     return f"PRADOT ensemble: {members}.{trained}"
 
@@ -184,12 +234,14 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
     with gr.Row():
         with gr.Column():
             upload = gr.File(label=f"Image ({UPLOAD_KINDS})", type="filepath")
-            gr.Examples([[str(path)] for path in example_images()], inputs=[upload], label="Bundled examples")
+            build_example_gallery(upload)
             method = gr.Radio(list(METHODS), value="PRADOT", label="Method")
             # the list follows the Method radio; any listed checkpoint of either method is accepted
             # (``listed_model`` refuses every other path), so API calls need not set the radio first
-            model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="PRADOT model",
-                                allow_custom_value=True)
+            with gr.Row():
+                model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="PRADOT model",
+                                    allow_custom_value=True, scale=4, elem_id="anomaly-model")
+                refresh = gr.Button("↻ Refresh models", scale=1, size="sm", elem_id="anomaly-refresh")
             member = gr.Dropdown([("first ensemble member", 0)], value=0, label="Member for prototype look-up")
             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Map opacity")
             threshold = gr.Slider(0.0, DISPLAY_MAX, value=1.0, step=0.05,
@@ -209,6 +261,8 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
         api_name="detect_anomalies",
     )
     method.change(lambda label: _model_list(settings, label), inputs=[method], outputs=[model], api_name=False)
+    refresh.click(lambda label, current: refreshed(model_choices(settings, (METHODS[label],)), current),
+                  inputs=[method, model], outputs=[model], api_name="refresh_anomaly_models")
     model.change(lambda path: _member_choices(settings, path), inputs=[model], outputs=[member])
     for slider in (opacity, threshold):
         slider.release(render, inputs=[detection, opacity, threshold], outputs=[overlay], api_name=False)
@@ -217,6 +271,27 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
         return matched_prototype(detectors, settings, current, chosen_member, event)
 
     overlay.select(on_select, inputs=[detection, member], outputs=[prototype], api_name=False)
+
+    with gr.Accordion("MADPOT: zero-shot map and partial-OT assignment", open=False):
+        with gr.Row():
+            with gr.Column():
+                object_name = gr.Textbox(label="Object name for a zero-shot map (no training)",
+                                         placeholder="e.g. chest X-ray, retinal OCT, brain MRI")
+                zero = gr.Button("Zero-shot map")
+                layer = gr.Textbox(label="Layer for the assignment (empty: the model's first)", value="")
+                show = gr.Button("Show the partial-OT assignment of the last MADPOT detection")
+            with gr.Column():
+                assigned = gr.Image(label="Prompt that took each patch's mass (grey: untransported)", type="numpy",
+                                    interactive=False, format="png")
+                assigned_summary = gr.Markdown()
+    zero.click(
+        lambda f, n, o, t: zero_shot(backbones, settings, f, n, o, t),
+        inputs=[upload, object_name, opacity, threshold],
+        outputs=[overlay, score, verdict, summary, prototype, detection],
+        api_name="zero_shot_anomalies",
+    )
+    show.click(lambda d, l: assignment(detectors, settings, d, l), inputs=[detection, layer],
+               outputs=[assigned, assigned_summary], api_name="madpot_assignment")
     return model
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.feedback import user_errors
-from app.models import listed_model, model_choices
+from app.models import listed_model, model_choices, refreshed
 from medot.config import Settings
 from medot.methods.kmat.runner import TRAINED_METHODS
 from medot.viz.kmat_adapters import coupling_figure, load_kmat_artefacts
@@ -39,7 +39,9 @@ def build_coupling_tab(settings: Settings) -> gr.Dropdown:
     choices = model_choices(settings, TRAINED_METHODS)
     gr.Markdown(NOTE)
     with gr.Row():
-        model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Model")
+        model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Model",
+                            allow_custom_value=True, elem_id="coupling-model")
+        refresh = gr.Button("↻ Refresh models", size="sm", elem_id="coupling-refresh")
         alpha = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="α (structure weight)")
         epsilon = gr.Slider(0.005, 1.0, value=0.1, step=0.005, label="ε (entropic temperature)")
     draw = gr.Button("Draw the coupling", variant="primary")
@@ -49,4 +51,6 @@ def build_coupling_tab(settings: Settings) -> gr.Dropdown:
     model.change(lambda m: trained_settings(settings, m), inputs=[model], outputs=[alpha, epsilon])
     for slider in (alpha, epsilon):
         slider.release(lambda m, a, e: coupling_plot(settings, m, a, e), inputs=inputs, outputs=[plot], api_name=False)
+    refresh.click(lambda current: refreshed(model_choices(settings, TRAINED_METHODS), current), inputs=[model],
+                  outputs=[model], api_name="refresh_coupling_models")
     return model

@@ -41,10 +41,14 @@ LOG = logging.getLogger("medot.app")
 LOOPBACK = "127.0.0.1"
 #: endpoints that run a backbone or solve OT: they share one concurrency group
 HEAVY = "heavy"
-HEAVY_ENDPOINTS = frozenset({"classify", "detect_anomalies", "manifold", "coupling"})
+HEAVY_ENDPOINTS = frozenset({
+    "classify", "detect_anomalies", "zero_shot_anomalies", "madpot_assignment", "manifold", "coupling",
+    "dense_correspondences", "view_upload", "view_window",  # the last two decode an upload
+})
 #: the tab functions that run a model or a solver: an event whose function calls one of them
 #: (e.g. the coupling sliders' re-draw, the anomaly map's click-to-prototype) is heavy too
-HEAVY_CALLS = frozenset({"classify", "detect", "manifold_plot", "coupling_plot", "matched_prototype"})
+HEAVY_CALLS = frozenset({"classify", "detect", "zero_shot", "assignment", "manifold_plot", "coupling_plot",
+                         "matched_prototype", "correspondences"})
 #: peak bytes per decoded pixel while an upload is read and downscaled (measured in
 #: ``benchmarks/app_bench.py``; generous: 16-bit DICOM through the float64 display pipeline)
 BYTES_PER_PIXEL = 24

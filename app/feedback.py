@@ -31,14 +31,15 @@ def user_errors() -> Iterator[None]:
         raise gr.Error(str(error), print_exception=False) from None
 
 
-def read_upload(path: str | None) -> MedicalImage:
+def read_upload(path: str | None, frame: int | None = None, window: tuple[float, float] | None = None) -> MedicalImage:
     """The uploaded file, checked by :func:`validate_upload` (size, magic bytes, header, at most the
     app's pixel limit) before its pixels are decoded, and downscaled to :data:`MAX_SIDE` right
-    after."""
+    after; ``frame`` and ``window`` as in :func:`medot.data.io.read_image`."""
     if not path:
         raise gr.Error(f"Upload an image first ({UPLOAD_KINDS}) or pick an example.", print_exception=False)
     name = Path(path).name
     with user_errors():
         data = Path(path).read_bytes()
         validate_upload(data, name, max_pixels=_limits["max_pixels"])
-        return read_image(data, name=name, max_pixels=_limits["max_pixels"], max_side=MAX_SIDE)
+        return read_image(data, name=name, max_pixels=_limits["max_pixels"], max_side=MAX_SIDE, frame=frame,
+                          window=window)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
+
+import gradio as gr
 
 from medot.checkpoint import checkpoint_paths, list_checkpoints
 from medot.config import Settings
@@ -38,6 +40,28 @@ def listed_model(settings: Settings, path: str | None, methods: Collection[str])
         if str(found) == path and meta["method"] in methods:
             return meta
     raise CheckpointError("choose a model from the list (refresh it if a model was removed or just trained)")
+
+
+def refreshed(choices: list[tuple[str, str]], current: str | None, keep: str | None = None):
+    """A dropdown update to ``choices`` that keeps ``current`` when it is still listed (or is
+    ``keep``, e.g. the zero-shot entry), else selects the newest model (or nothing)."""
+    values = [value for _, value in choices]
+    value = current if current in values or (keep is not None and current == keep) else (values[0] if values else None)
+    return gr.update(choices=choices, value=value)
+
+
+ModelList = tuple[gr.Dropdown, Callable[[], list[tuple[str, str]]]]
+
+
+def fill_on_load(demo: gr.Blocks, lists: Sequence[ModelList]) -> None:
+    """Fill every model dropdown from ``$MEDOT_HOME`` each time a page loads (the lists drawn when
+    the app was built miss every model trained since), keeping a still-listed selection."""
+    dropdowns = [dropdown for dropdown, _ in lists]
+
+    def fill(*current):
+        return [refreshed(choices(), value) for (_, choices), value in zip(lists, current, strict=True)]
+
+    demo.load(fill, inputs=dropdowns, outputs=dropdowns, api_name="model_lists", show_progress="hidden")
 
 
 Model = TypeVar("Model")

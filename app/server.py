@@ -1,7 +1,7 @@
 """Build and serve the medot app (``python app.py --help``).
 
 One module per tab (:mod:`app.classify`, :mod:`app.manifolds`, :mod:`app.coupling`,
-:mod:`app.anomaly`, :mod:`app.train`); each only calls :mod:`medot`. Settings come from the
+:mod:`app.anomaly`, :mod:`app.correspondence`, :mod:`app.train`); each only calls :mod:`medot`. Settings come from the
 environment (:class:`medot.config.Settings`: ``MEDOT_HOME``, ``MEDOT_DATA_ROOT``,
 ``MEDOT_BACKBONE``; ``MEDOT_HOST`` / ``MEDOT_PORT`` for the address, loopback by default;
 ``MEDOT_AUTH`` / ``MEDOT_AUTH_FILE`` for a login). The endpoints that run models share one queue
@@ -19,9 +19,11 @@ from collections.abc import Sequence
 
 import gradio as gr
 
+from app.about import build_about_tab, build_header
 from app.anomaly import build_anomaly_tab
 from app.backbones import BackboneCache
 from app.classify import build_classify_tab, classifier_choices
+from app.correspondence import build_correspondence_tab
 from app.coupling import build_coupling_tab
 from app.deployment import (
     CACHE_AGE_S,
@@ -37,14 +39,14 @@ from app.deployment import (
 )
 from app.feedback import set_upload_limits
 from app.manifolds import NONE, build_manifold_tab
-from app.models import model_choices
+from app.models import fill_on_load, model_choices
 from app.train import build_train_tab
-from medot import __version__
 from medot.backbones import available_backbones, resolve_auto
 from medot.config import Settings
 from medot.errors import MedotError
 from medot.jobs import JobManager, capped_arguments
 from medot.methods.kmat.runner import TRAINED_METHODS
+from medot.methods.optiml.config import METHODS as OPTIML_METHODS
 from medot.methods.pradot.detector import METHOD as PRADOT
 
 MAX_UPLOAD = "50mb"
@@ -65,14 +67,8 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
     default = resolve_auto(settings.backbone)
     if default not in choices:
         choices.append(default)
-    unavailable = "; ".join(f"{s.name}: {s.detail}" for s in statuses if not s.available)
     with gr.Blocks(title="medot", delete_cache=(CACHE_AGE_S, CACHE_AGE_S)) as demo:
-        gr.Markdown(
-            f"# medot {__version__}\nOptimal-transport methods for medical imaging on frozen "
-            f"vision-language backbones. Default backbone: **{default}**"
-            + (" (not a clinical model)." if default == "lite" else ".")
-            + (f"\n\nUnavailable here: {unavailable}" if unavailable else "")
-        )
+        build_header(default, statuses, settings.home)
         with gr.Tab("Classify"):
             classify_model = build_classify_tab(backbones, settings, choices, default)
         with gr.Tab("Prompt manifolds"):
@@ -81,21 +77,23 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
             coupling_model = build_coupling_tab(settings)
         with gr.Tab("Anomaly localisation"):
             anomaly_model = build_anomaly_tab(backbones, settings)
+        with gr.Tab("Dense correspondences"):
+            correspondence_model = build_correspondence_tab(settings, device)
+        prompt_models = lambda: model_choices(settings, TRAINED_METHODS)  # noqa: E731
+        model_lists = [
+            (classify_model, lambda: classifier_choices(settings)),
+            (manifold_first, prompt_models),
+            (manifold_second, lambda: [("none", NONE), *prompt_models()]),
+            (coupling_model, prompt_models),
+            (anomaly_model, lambda: model_choices(settings, (PRADOT,))),
+            (correspondence_model, lambda: model_choices(settings, OPTIML_METHODS)),
+        ]
         with gr.Tab("Train"):
-            prompt_models = lambda: model_choices(settings, TRAINED_METHODS)  # noqa: E731
-            build_train_tab(
-                jobs,
-                settings,
-                [
-                    (classify_model, lambda: classifier_choices(settings)),
-                    (manifold_first, prompt_models),
-                    (manifold_second, lambda: [("none", NONE), *prompt_models()]),
-                    (coupling_model, prompt_models),
-                    (anomaly_model, lambda: model_choices(settings, (PRADOT,))),
-                ],
-                max_session_jobs=limits.max_session_jobs,
-            )
-    accept_listed_models([classify_model, manifold_first, manifold_second, coupling_model])
+            build_train_tab(jobs, settings, model_lists, max_session_jobs=limits.max_session_jobs)
+        with gr.Tab("About"):
+            build_about_tab()
+        fill_on_load(demo, model_lists)
+    accept_listed_models([classify_model, manifold_first, manifold_second, coupling_model, correspondence_model])
     share_heavy_group(demo, limits.concurrency)
     guard_errors(demo)
     return demo
@@ -128,8 +126,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ("--max-sessions", "MEDOT_MAX_SESSIONS", defaults.max_sessions, "browser/API sessions kept in memory"),
         ("--session-ttl", "MEDOT_SESSION_TTL", int(defaults.session_ttl_s), "seconds an idle session is kept"),
     ):
-        parser.add_argument(flag, type=int, default=_env_int(env, default),
-                            help=f"{what} (default {default if default is not None else 'see'}, env {env})")
+        shown = f"default {default}, " if default is not None else ""
+        parser.add_argument(flag, type=int, default=_env_int(env, default), help=f"{what} ({shown}env {env})")
+    parser.add_argument("--share", action="store_true",
+                        help="also serve through a temporary public gradio.live link (for local users; see docs/space.md)")
     return parser.parse_args(argv)
 
 
@@ -153,7 +153,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
 def main(argv: Sequence[str] | None = None, *, block: bool = True) -> gr.Blocks:
     """Serve the app; with ``block=False`` return the running app (tests close it)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("medot").setLevel(logging.INFO)  # the app's own lines; libraries' only from WARNING
     args = parse_args(argv)
     try:
         limits = limits_from_args(args)
@@ -166,11 +167,16 @@ def main(argv: Sequence[str] | None = None, *, block: bool = True) -> gr.Blocks:
     demo = build_app(settings, device=args.device, max_parallel_jobs=args.max_jobs, limits=limits)
     demo.queue(default_concurrency_limit=args.concurrency)
     host = resolve_host(args.host)
+    if args.share and not credentials:
+        logging.getLogger("medot.app").warning(
+            "--share without a login: anyone with the gradio.live link can use the app and queue jobs; "
+            "set MEDOT_AUTH or MEDOT_AUTH_FILE (docs/deployment.md)")
     logging.getLogger("medot.app").info(
         "serving on %s:%s, %s; %s", host, args.port, "login required" if credentials else "no login",
         limits)
     demo.launch(server_name=host, server_port=args.port, max_file_size=args.max_upload, show_error=False,
-                auth=credentials, state_session_capacity=limits.max_sessions, prevent_thread_lock=True)
+                auth=credentials, state_session_capacity=limits.max_sessions, prevent_thread_lock=True,
+                share=args.share)
     demo.medot_reaper = SessionReaper(demo, limits.session_ttl_s).start()
     if block:
         demo.block_thread()

@@ -3,27 +3,48 @@
 
 Jobs live in the SQLite registry under ``$MEDOT_HOME``, so they outlive the app: a job that was
 running when the app died shows as interrupted and can be resumed. Finished models appear in the
-other tabs' model lists (refreshed by the same timer)."""
+other tabs' model lists (refreshed by the same timer).
+
+The form shows only the fields the chosen method takes (the K-MaT variant list holds the
+prompt-learning baselines), offers only the backbones available here, and takes a zipped dataset
+into the data root (:func:`medot.data.archive.import_dataset_zip`). A finished job gets a result
+card (:func:`medot.eval.evidence.result_rows`: test metrics beside their chance level, the model
+path); a job whose training ended but whose process still runs shows as evaluating."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import threading
 from collections.abc import Callable, Sequence
 
 import gradio as gr
 import plotly.graph_objects as go
 
+from app.about import storage_notice
 from app.feedback import user_errors
 from app.models import model_roots
-from medot.checkpoint import list_checkpoints
+from medot.backbones import available_backbones
+from medot.checkpoint import checkpoint_paths, list_checkpoints
 from medot.config import Settings
+from medot.data.archive import import_dataset_zip
+from medot.eval.evidence import result_rows
 from medot.jobs import SYNTHETIC, JobError, JobManager, JobRecord
 from medot.jobs.arguments import KMAT_PAPER_TASKS
 
 POLL_SECONDS = 2.0
 JOB_COLUMNS = ["job", "method", "status", "epoch", "loss", "dataset", "created", "model / error"]
 ModelRefresher = tuple[gr.Dropdown, Callable[[], list[tuple[str, str]]]]
+#: what Resume does, per method: K-MaT continues from its saved state; PRADOT keeps none
+RESUME_NOTES = {
+    "kmat": "Resume continues it from its last saved epoch (model and optimiser state).",
+    "pradot": "Resume re-runs it from the start with the same settings: PRADOT keeps no optimiser state.",
+}
+#: events after which a still-running job is evaluating its model on the test set
+TRAINING_ENDED = ("done", "early_stop")
+#: form field -> job argument name (the K-MaT variant is the ``method`` argument of `medot train kmat`)
+FIELD_ARGUMENTS = {"shots": "shots", "lambda_anc": "lambda_anc", "lambda_fgw": "lambda_fgw", "variant": "method",
+                   "n_prototypes": "n_prototypes", "backbone": "backbone", "object": "object"}
 
 
 def trainable_methods(manager: JobManager) -> list[str]:
@@ -44,26 +65,37 @@ def dataset_choices(settings: Settings, method: str | None = None) -> list[str]:
 
 
 def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, shots: float, epochs: float,
-               seed: float, lambda_anc: float, lambda_fgw: float, backbone: str) -> str:
+               seed: float, lambda_anc: float, lambda_fgw: float, backbone: str, variant: str | None = None,
+               n_prototypes: float | None = None, obj: str | None = None) -> str:
     """Queue a job; returns a status line. Arguments a method's job does not accept are left out."""
     if method not in manager.methods:
         raise gr.Error(f"Choose a training method: {', '.join(manager.methods)}.", print_exception=False)
     accepted = manager.methods[method]
     wanted = {
-        "dataset": typed_path.strip() or dataset,
+        "dataset": (typed_path or "").strip() or dataset,
         "shots": shots,
         "epochs": epochs,
         "seed": seed,
         "lambda_anc": lambda_anc,
         "lambda_fgw": lambda_fgw,
         "backbone": backbone,
+        "method": variant or None,
+        "n_prototypes": n_prototypes or None,  # 0 or empty: the method's preset decides
+        "object": (obj or "").strip() or None,
     }
     arguments = {name: value for name, value in wanted.items() if name in accepted and value is not None}
     with user_errors():
         job_id = manager.submit(method, arguments)
-    left_out = sorted(set(wanted) - set(accepted))
-    note = f" ({', '.join(left_out)}: not taken by {method} jobs, its defaults apply)" if left_out else ""
-    return f"Job {job_id} ({method}) queued{note}."
+    return f"Job {job_id} ({method}) queued."
+
+
+def job_phase(manager: JobManager, job: JobRecord) -> str:
+    """The job's status, ``evaluating`` for a running job whose training has ended."""
+    if job.status == "running":
+        events = manager.progress(job.id)
+        if events and events[-1].kind in TRAINING_ENDED:
+            return "evaluating"
+    return job.status
 
 
 class SessionJobs:
@@ -110,7 +142,7 @@ def job_rows(manager: JobManager) -> list[list]:
         epoch = "" if job.epoch is None else f"{job.epoch}/{job.total_epochs or '?'}"
         loss = "" if job.loss is None else f"{job.loss:.4f}"
         outcome = str(job.checkpoint_path or "") or (job.error or "").split("\n")[0]
-        rows.append([job.id, job.method, job.status, epoch, loss, str(job.arguments.get("dataset", "")),
+        rows.append([job.id, job.method, job_phase(manager, job), epoch, loss, str(job.arguments.get("dataset", "")),
                      job.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"), outcome])
     return rows
 
@@ -123,18 +155,39 @@ def job_detail(manager: JobManager, job_id: int | None) -> tuple[str, str, go.Fi
         job = manager.get(int(job_id))
         events = manager.progress(job.id)
         log = manager.log_tail(job.id, 40)
-    status = f"**Job {job.id}** ({job.method}): **{job.status}**"
+    phase = job_phase(manager, job)
+    status = f"**Job {job.id}** ({job.method}): **{phase}**"
     if job.epoch is not None:
         status += f", epoch {job.epoch}/{job.total_epochs or '?'}"
-    if job.checkpoint_path:
-        status += f"; model: `{job.checkpoint_path}`"
+    if phase == "evaluating":
+        status += " - training has ended; the model is being evaluated on the test images"
     if job.error:
         status += f"  \n{job.error.splitlines()[0]}"
     if job.status in ("interrupted", "cancelled", "failed"):
-        status += "  \nResume continues it from its last saved state."
+        status += "  \n" + RESUME_NOTES.get(job.method, "Resume re-runs it with the same settings.")
+    if job.status == "done" and job.checkpoint_path:
+        status += "\n\n" + result_card(job)
     if job.status == "running":
         status += live_progress(events)
     return status, log, loss_curve(job, events)
+
+
+def result_card(job: JobRecord) -> str:
+    """Markdown card of a finished job: its test metrics beside their chance level, and the model."""
+    try:
+        meta = json.loads(checkpoint_paths(job.checkpoint_path)[1].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"**Model:** `{job.checkpoint_path}` (its metadata cannot be read)"
+    rows = result_rows(meta)
+    lines = [f"### Result of job {job.id}: {meta.get('method', job.method)}"
+             + (f" on {meta['task']}" if meta.get("task") else "")]
+    if rows:
+        lines += ["| test metric | value | chance level |", "|---|---|---|"]
+        lines += [f"| {r.metric} | {r.value:.3f} | {'' if r.chance is None else f'{r.chance:.3f}'} |" for r in rows]
+    else:
+        lines.append("This model records no test metrics.")
+    lines.append(f"\n**Model:** `{job.checkpoint_path}` - listed in the other tabs' model lists.")
+    return "\n".join(lines)
 
 
 def live_progress(events: Sequence) -> str:
@@ -190,43 +243,115 @@ def resume_job(manager: JobManager, job_id: int | None) -> str:
     return f"Job {job.id} is {job.status} again (resuming)."
 
 
+def backbone_choices(manager: JobManager) -> list[str]:
+    """``auto`` and the backbones a job can load here (an unavailable one is not offered)."""
+    accepted = {name for arguments in manager.methods.values() if "backbone" in arguments
+                for name in arguments["backbone"].choices}
+    return ["auto", *[s.name for s in available_backbones() if s.available and s.name in accepted]]
+
+
+def variant_choices(manager: JobManager, method: str | None) -> list[str]:
+    """The variants (the method and its baselines) of ``method``'s ``--method`` flag, if it has one."""
+    argument = manager.methods.get(method or "", {}).get("method")
+    return list(argument.choices) if argument is not None else []
+
+
+def shown_fields(manager: JobManager, method: str | None) -> list:
+    """Updates of the method-specific fields (:data:`FIELD_ARGUMENTS` order): shown only when the
+    method takes them; the variant list holds that method's own variants."""
+    accepted = manager.methods.get(method or "", {})
+    updates = []
+    for field, argument in FIELD_ARGUMENTS.items():
+        if field == "variant":
+            variants = variant_choices(manager, method)
+            updates.append(gr.update(visible=bool(variants), choices=variants, value=variants[0] if variants else None))
+        else:
+            updates.append(gr.update(visible=argument in accepted))
+    return updates
+
+
+def import_dataset(settings: Settings, archive: str | None, name: str, method: str | None = None):
+    """Unpack an uploaded zip into the data root; returns (message, dataset dropdown update for
+    ``method``: the new folder selected when that method trains on it)."""
+    if not archive:
+        raise gr.Error("Upload a .zip of the dataset folder first.", print_exception=False)
+    with user_errors():
+        folder, layout = import_dataset_zip(archive, settings.data_root, name.strip() or None)
+    relative = str(folder.relative_to(settings.data_root))
+    choices = dataset_choices(settings, method)
+    message = f"Imported `{relative}` ({layout.kind.replace('_', ' ')}: {', '.join(layout.names)}) into the data root"
+    if relative in choices:
+        return message + "; it is selected as the dataset.", gr.update(choices=choices, value=relative)
+    return (message + f". {method} jobs do not train on a plain folder: describe it in a task file "
+            "(`medot task init`) and choose that.", gr.update(choices=choices))
+
+
 def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Sequence[ModelRefresher],
                     max_session_jobs: int | None = None) -> None:
     methods = trainable_methods(manager)
     sessions = SessionJobs(manager, max_session_jobs) if max_session_jobs else None
+    variants = variant_choices(manager, methods[0] if methods else None)
+    first = manager.methods.get(methods[0], {}) if methods else {}
+    takes = {field: argument in first for field, argument in FIELD_ARGUMENTS.items()}
+    notice = storage_notice(settings.home)
     gr.Markdown(
         f"Jobs run `medot train <method>` in a worker process and are kept in `{manager.registry.path}`. "
         f"Datasets: the synthetic demo set or a folder under the data root `{settings.data_root}`."
+        + (f"\n\n{notice}" if notice else ""),
+        elem_id="train-intro",
     )
     if "pradot" in methods:
         gr.Markdown(pradot_preset_note())
     with gr.Row():
-        with gr.Column():
-            method = gr.Dropdown(methods, value=methods[0] if methods else None, label="Method")
+        with gr.Column(scale=2):
+            method = gr.Dropdown(methods, value=methods[0] if methods else None, label="Method", elem_id="train-method")
+            variant = gr.Dropdown(variants, value=variants[0] if variants else None,
+                                  label="Variant: the method or one of its baselines (for K-MaT: the prompt-learning "
+                                  "baselines)", elem_id="train-variant", allow_custom_value=True,
+                                  visible=takes["variant"])
             dataset = gr.Dropdown(dataset_choices(settings, methods[0] if methods else None), value=SYNTHETIC,
                                   label="Dataset", allow_custom_value=True)  # the job manager checks every value
             typed_path = gr.Textbox(label="…or a folder path under the data root", placeholder=str(settings.data_root))
+            with gr.Accordion("Upload a zipped dataset into the data root", open=False):
+                archive = gr.File(label="Dataset (.zip of class folders, MVTec or MVFA layout)", file_types=[".zip"],
+                                  type="filepath")
+                archive_name = gr.Textbox(label="Folder name in the data root (default: the zip's name)")
+                unpack = gr.Button("Import the dataset")
+                imported = gr.Markdown()
             with gr.Row():
-                shots = gr.Number(4, label="Shots per class", precision=0, minimum=1)
+                shots = gr.Number(4, label="Shots per class", precision=0, minimum=1, elem_id="train-shots",
+                                  visible=takes["shots"])
                 epochs = gr.Number(10, label="Epochs", precision=0, minimum=1)
                 seed = gr.Number(1, label="Seed", precision=0, minimum=0)
             with gr.Row():
-                lambda_anc = gr.Number(1.0, label="λ_anc (K-MaT)", minimum=0)
-                lambda_fgw = gr.Number(1.0, label="λ_fgw (K-MaT)", minimum=0)
-                backbone = gr.Dropdown(["auto", "lite", "biomedclip"], value="auto", label="Backbone")
+                lambda_anc = gr.Number(1.0, label="λ_anc (anchor loss weight)", minimum=0, elem_id="train-lambda-anc",
+                                       visible=takes["lambda_anc"])
+                lambda_fgw = gr.Number(1.0, label="λ_fgw (FGW loss weight)", minimum=0, elem_id="train-lambda-fgw",
+                                       visible=takes["lambda_fgw"])
+                n_prototypes = gr.Number(0, label="Prototypes per cell (0: the preset's)", precision=0,
+                                         minimum=0, elem_id="train-prototypes", visible=takes["n_prototypes"])
+                choices = backbone_choices(manager)
+                backbone = gr.Dropdown(choices, value="auto", label="Backbone", visible=takes["backbone"])
+            obj = gr.Textbox("", label="Object (the MVFA <Obj>_AD folder, e.g. Retina on the synthetic set)",
+                             elem_id="train-object", visible=takes["object"])
             launch = gr.Button("Launch training job", variant="primary")
             launched = gr.Markdown()
-        with gr.Column():
-            jobs = gr.Dataframe(job_rows(manager), headers=JOB_COLUMNS, label="Jobs", interactive=False)
+        with gr.Column(scale=3):
+            jobs = gr.Dataframe(job_rows(manager), headers=JOB_COLUMNS, label="Jobs", interactive=False, wrap=True,
+                                column_widths=["5%", "10%", "11%", "9%", "8%", "14%", "15%", "28%"], elem_id="jobs")
             job = gr.Dropdown([record.id for record in manager.list_jobs()], label="Job", value=None,
                               allow_custom_value=True)
             with gr.Row():
                 cancel = gr.Button("Cancel job", variant="stop")
                 resume = gr.Button("Resume job")
                 refresh = gr.Button("Refresh")
-            status = gr.Markdown()
+            status = gr.Markdown(elem_id="job-status")
             curve = gr.Plot(label="Loss")
             log = gr.Code(label="Log (last lines)", language=None, lines=10)
+    fields = [shots, lambda_anc, lambda_fgw, variant, n_prototypes, backbone, obj]
+    method.change(lambda m: shown_fields(manager, m), inputs=[method], outputs=fields, api_name=False)
+    unpack.click(lambda a, n, m: import_dataset(settings, a, n, m), inputs=[archive, archive_name, method],
+                 outputs=[imported, dataset], api_name="import_dataset")
     known_models = gr.State(None)
 
     def job_ids() -> gr.Dropdown:
@@ -243,23 +368,26 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
 
     watch_outputs = [jobs, job, status, log, curve, known_models, *[dropdown for dropdown, _ in model_dropdowns]]
     def launch_job(method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone,
-                   request: gr.Request):
-        form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone)
+                   variant=None, n_prototypes=None, obj=None, request: gr.Request = None):
+        form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj)
         if sessions is None:
             return submit_job(manager, *form)
         return sessions.submit(session_owner(request), lambda: submit_job(manager, *form))
 
     launch.click(
         launch_job,
-        inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone],
+        inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj],
         outputs=[launched],
         api_name="submit_job",
     )
     method.change(lambda m: gr.update(choices=dataset_choices(settings, m), value=SYNTHETIC), inputs=[method],
                   outputs=[dataset], api_name=False)
-    cancel.click(lambda j: stop_job(manager, j), inputs=[job], outputs=[launched], api_name="cancel_job")
+    cancel.click(  # say so at once: a running job takes up to cancel_grace_s to save its state and stop
+        lambda j: "" if j is None else f"Cancelling job {j}: asking it to save its state and stop "
+        f"(up to {manager.cancel_grace_s:g} s)…", inputs=[job], outputs=[launched], queue=False, api_name=False,
+    ).then(lambda j: stop_job(manager, j), inputs=[job], outputs=[launched], api_name="cancel_job")
     resume.click(lambda j: resume_job(manager, j), inputs=[job], outputs=[launched], api_name="resume_job")
     refresh.click(lambda: job_rows(manager), outputs=[jobs], api_name="jobs")
-    job.change(lambda j: job_detail(manager, j), inputs=[job], outputs=[status, log, curve], api_name=False)
+    job.change(lambda j: job_detail(manager, j), inputs=[job], outputs=[status, log, curve], api_name="job_detail")
     gr.Timer(POLL_SECONDS).tick(tick, inputs=[job, known_models], outputs=watch_outputs, api_name=False,
                                 show_progress="hidden")

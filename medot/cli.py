@@ -17,7 +17,8 @@ from medot.errors import MedotError
 from medot.launch import launch_environment, rank_prefix, refuse_world
 
 #: method packages whose ``cli.register(commands, train_methods, benchmark_methods)`` adds sub-commands
-METHOD_CLIS = ("medot.methods.kmat.cli", "medot.methods.pradot.cli", "medot.methods.optiml.cli")
+METHOD_CLIS = ("medot.methods.kmat.cli", "medot.methods.pradot.cli", "medot.methods.madpot.cli",
+               "medot.methods.optiml.cli")
 
 DESCRIPTION = """\
 medot - optimal-transport methods for medical imaging on frozen vision-language backbones.
@@ -63,30 +64,86 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from medot.backbones import create_backbone
+def _read_images(args: argparse.Namespace) -> list:
     from medot.data.io import read_image
-    from medot.zeroshot import parse_labels, zero_shot_probabilities
+    from medot.data.windows import preset_window
 
     try:
-        labels = parse_labels(args.labels)
+        window = preset_window(args.window)
     except ValueError as error:
         raise MedotError(str(error)) from None
-    images = [read_image(path) for path in args.images]
-    backbone = create_backbone(args.backbone, device=args.device)
-    probabilities = zero_shot_probabilities(backbone, images, labels)
-    results = [
-        {"image": str(path), "probabilities": dict(zip(labels, row.tolist(), strict=True))}
-        for path, row in zip(args.images, probabilities, strict=True)
-    ]
+    return [read_image(path, frame=args.frame, window=window) for path in args.images]
+
+
+def _predict_trained(args: argparse.Namespace, images: list) -> tuple[str, list[dict]]:
+    """Probabilities of a trained K-MaT / baseline checkpoint, each image scored with the prompts of
+    its modality (``--modality``, else its DICOM Modality tag, else the high-end one)."""
+    from medot.backbones import create_backbone
+    from medot.checkpoint import checkpoint_paths
+    from medot.data.modality import match_modality
+    from medot.errors import CheckpointError
+    from medot.eval.evidence import prediction_evidence
+    from medot.methods.kmat.predictor import load_kmat_predictor
+
+    try:
+        meta = json.loads(checkpoint_paths(args.model)[1].read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{args.model}: not a medot model checkpoint ({error})") from None
+    predictor = load_kmat_predictor(args.model, create_backbone(str(meta.get("backbone")), device=args.device))
+    results = []
+    for path, image in zip(args.images, images, strict=True):
+        tag = image.metadata.get("modality")
+        side = (
+            "high" if predictor.modality_index(args.modality) == 0 else "low"
+        ) if args.modality else (match_modality(tag, predictor.modalities) or "high")
+        row = predictor.predict_proba([image], side)[0].tolist()
+        evidence = prediction_evidence(predictor.class_names, row, meta=predictor.meta, side=side, dicom_tag=tag)
+        results.append({"image": str(path), "modality": predictor.modalities[0 if side == "high" else 1],
+                        "probabilities": dict(zip(predictor.class_names, row, strict=True)), "evidence": evidence})
+    return predictor.backbone.name + f", model {args.model} ({predictor.method})", results
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from medot.eval.evidence import prediction_evidence
+
+    if (args.labels is None) == (args.model is None):
+        raise MedotError("give --labels (zero-shot on those labels) or --model (a trained K-MaT / baseline checkpoint)")
+    if args.modality and args.model is None:
+        raise MedotError("--modality picks a trained model's prompts; zero-shot (--labels) has none")
+    images = _read_images(args)
+    if args.model is not None:
+        source, results = _predict_trained(args, images)
+        clinical = True
+    else:
+        from medot.backbones import create_backbone
+        from medot.zeroshot import parse_labels, zero_shot_probabilities
+
+        try:
+            labels = parse_labels(args.labels)
+        except ValueError as error:
+            raise MedotError(str(error)) from None
+        backbone = create_backbone(args.backbone, device=args.device)
+        probabilities = zero_shot_probabilities(backbone, images, labels)
+        results = [
+            {"image": str(path), "probabilities": dict(zip(labels, row.tolist(), strict=True)),
+             "evidence": prediction_evidence(labels, row.tolist())}
+            for path, row in zip(args.images, probabilities, strict=True)
+        ]
+        source, clinical = backbone.name, backbone.is_clinical
     if args.json:
-        print(json.dumps({"backbone": backbone.name, "results": results}, indent=2))
+        for result in results:
+            evidence = result.pop("evidence")
+            result.update(chance=evidence.chance, warning=evidence.warning,
+                          held_out=None if evidence.held_out is None else evidence.held_out.__dict__)
+        print(json.dumps({"backbone": source.split(",")[0], "source": source, "results": results}, indent=2))
         return 0
-    print(f"backbone: {backbone.name}" + ("" if backbone.is_clinical else " (not a clinical model)"))
+    print(f"backbone: {source}" + ("" if clinical else " (not a clinical model)"))
     for result in results:
-        print(result["image"])
+        print(result["image"] + (f" ({result['modality']} prompts)" if "modality" in result else ""))
         for label, p in sorted(result["probabilities"].items(), key=lambda kv: -kv[1]):
             print(f"  {label:<30} {p:6.1%}")
+        for line in result["evidence"].lines():
+            print("  " + line.replace("**", ""))
     return 0
 
 
@@ -114,10 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(run=_cmd_synth)
 
-    predict = commands.add_parser("predict", help="zero-shot class probabilities for one or more images")
+    predict = commands.add_parser(
+        "predict", help="class probabilities for one or more images, zero-shot or from a trained model",
+        description="Class probabilities (a softmax over the labels, with their chance level and, for a trained "
+        "model, its held-out test figures), as the app's Classify tab shows them.",
+    )
     predict.add_argument("images", nargs="+", help="PNG/JPEG/BMP/TIFF/DICOM/.npy files")
-    predict.add_argument("--labels", required=True, help='comma-separated class names, e.g. "normal,pneumonia"')
-    predict.add_argument("--backbone", default="auto", help="backbone name (default: auto)")
+    predict.add_argument("--labels", default=None, help='zero-shot: comma-separated class names, e.g. "normal,pneumonia"')
+    predict.add_argument("--model", default=None,
+                         help="a trained K-MaT / prompt-learning checkpoint (model.safetensors from 'medot train kmat')")
+    predict.add_argument("--modality", default=None,
+                         help="with --model: the images' modality, a name of the model's (e.g. ct, xray) or high/low "
+                         "(default: from each DICOM's Modality tag, else the high-end one)")
+    predict.add_argument("--frame", type=int, default=None, help="frame of a multi-frame DICOM (0-based; default: the middle)")
+    predict.add_argument("--window", default=None,
+                         help="grayscale DICOM window preset: lung, mediastinum or bone (default: the file's own)")
+    predict.add_argument("--backbone", default="auto", help="zero-shot backbone name (default: auto; a model uses its own)")
     predict.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     predict.add_argument("--json", action="store_true", help="print machine-readable JSON")
     predict.set_defaults(run=_cmd_predict)
@@ -157,6 +226,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medot: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as error:
+        if not out_of_memory(error):
+            raise
+        print(f"medot: error: {rank_prefix()}out of memory: this run needs more memory than the device has "
+              "free; lower --batch-size (or the model size, e.g. --n-prototypes), or use a larger machine",
+              file=sys.stderr)
+        return 2
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: MemoryError, torch's OutOfMemoryError, or the CPU allocator's
+    RuntimeError ("... you tried to allocate N bytes")."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        "allocate" in str(error) and "bytes" in str(error))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,11 @@ def confine_path(user_path: str | os.PathLike, root: str | os.PathLike) -> Path:
     candidate = Path(text).expanduser()
     if not candidate.is_absolute():
         candidate = root / candidate
-    resolved = candidate.resolve()
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as error:  # a name too long, a symlink loop
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "symlink loop"
+        raise PathNotAllowedError(f"{text[:80]!r}{'...' if len(text) > 80 else ''} cannot be used as a path: {reason.lower()}") from None
     if resolved != root and root not in resolved.parents:
         raise PathNotAllowedError(f"{text!r} is outside the data root {root}; put the data under it (MEDOT_DATA_ROOT)")
     return resolved

@@ -28,7 +28,9 @@ class AppServer:
         self.home, self.port = home, _free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = {**os.environ, "MEDOT_HOME": str(home), "MEDOT_DATA_ROOT": str(data_root), "MEDOT_BACKBONE": "lite",
-               "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+               "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+               "MEDOT_WARM_UMAP": "0",  # no background numba compile per test server (the app warms UMAP at start)
+               **(env or {})}
         self.log = (home / "app.log").open("a")
         self.process = subprocess.Popen(
             [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(self.port), *args],

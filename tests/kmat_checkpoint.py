@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from medot.backbones.base import VisionLanguageBackbone
 from medot.checkpoint import Checkpoint, save_checkpoint
 from medot.methods.kmat.losses import manifold_transport_loss
-from medot.methods.kmat.runner import RunConfig, fit_method
+from medot.methods.kmat.runner import RunConfig, finish_run, fit_method
 from medot.methods.prompt_learning.crossmodal import resolve_task
 from medot.methods.prompt_learning.knowledge import embed_descriptions
 from medot.train import FeatureCache
@@ -42,13 +42,18 @@ def write_artefacts_checkpoint(
     return save_checkpoint(path, Checkpoint(tensors, meta))
 
 
-def train_tiny_kmat(backbone: VisionLanguageBackbone, task_file: Path, out_dir: Path, cache_dir: Path) -> Path:
-    """K-MaT trained for one epoch on 2 shots per class of ``task_file``; returns its model file."""
+def train_tiny_kmat(
+    backbone: VisionLanguageBackbone, task_file: Path, out_dir: Path, cache_dir: Path, *, evaluated: bool = False
+) -> Path:
+    """K-MaT trained for one epoch on 2 shots per class of ``task_file``; returns its model file.
+    ``evaluated``: also run the test evaluation that records ``metrics`` in it, as ``medot train`` does."""
     task = resolve_task(task_file)
     knowledge = embed_descriptions(backbone, task.descriptions, task.classes)
+    run = RunConfig(shots=2, epochs=1, views=1, progress=False)
     fitted = fit_method(
         "kmat", backbone, task.high_end_data(2, 1), classes=task.classes, modalities=task.modalities,
-        knowledge=knowledge, run=RunConfig(shots=2, epochs=1, views=1, progress=False), out_dir=out_dir,
-        cache=FeatureCache(cache_dir),
+        knowledge=knowledge, run=run, out_dir=out_dir, cache=FeatureCache(cache_dir),
     )
+    if evaluated:
+        finish_run("kmat", fitted, backbone, task, run, FeatureCache(cache_dir))
     return fitted.result.model_path

@@ -30,12 +30,12 @@ from gradio_client import Client, handle_file  # noqa: E402
 from app_server import REPO, AppServer  # noqa: E402
 from kmat_checkpoint import train_tiny_kmat, write_artefacts_checkpoint  # noqa: E402
 from medot.checkpoint import Checkpoint, checkpoint_paths, load_checkpoint, save_checkpoint  # noqa: E402
-from test_app_kmat_views import _array, _figure  # noqa: E402
+from test_app_kmat_views import _array, _figure, _points_per_class  # noqa: E402
 from test_kmat import write_tiny_task  # noqa: E402
 
 USER, PASSWORD = "alice", "correct horse battery"
 LABELS = "normal, nodule, opacity"
-HIGH = "high-end prompts (w_H)"
+HIGH = "high"  # the Classify tab's modality value for w_H
 
 
 def _error_text(call) -> str:
@@ -135,7 +135,7 @@ def test_models_written_after_start_up_are_accepted_by_the_manifold_and_coupling
     _, client, home, _ = locked
     stored = write_artefacts_checkpoint(home / "models" / "late" / "model", alpha=0.3, epsilon=0.2)
     figure = _figure(client.predict(str(stored), "", "tsne", False, api_name="/manifold"))
-    assert sum(len(trace["hovertext"]) for trace in figure["data"]) == 4 * 3  # w_H, w_L and both anchors
+    assert sum(_points_per_class(figure).values()) == 4 * 3  # w_H, w_L and both anchors of 3 classes
     gamma = _figure(client.predict(str(stored), 0.3, 0.2, api_name="/coupling"))["data"][0]
     plan = load_checkpoint(stored).tensors["artefacts.fgw_plan"].double().numpy()
     np.testing.assert_allclose(_array(gamma["z"]).astype(np.float64), plan, atol=1e-5)
@@ -411,7 +411,7 @@ def test_a_job_dataset_is_checked_before_it_is_queued(data_root, tmp_path):
     root, outside = data_root
     manager = JobManager(tmp_path, root, command_for=_sleeper, cancel_grace_s=2)
     refused = {
-        ("kmat", "bench/kmat/ct"): "K-MaT trains on a cross-modal task, not on one folder",
+        ("kmat", "bench/kmat/ct"): "is not a task folder",
         ("kmat", "chest"): "the 'chest' task needs its data under",
         ("kmat", "tasks/dotdot.json"): "outside the data root",
         ("pradot", "bench"): "does not follow a known dataset layout",
@@ -474,3 +474,98 @@ def test_a_failed_job_shows_the_reason_its_command_gave(tmp_path):
     first_line = record.error.splitlines()[0]
     assert first_line.startswith("no class folders with images in /data/x (the training command exited with status 2)")
     assert job_rows(manager)[0][7] == first_line
+
+
+# --------------------------------------------------------------------------- smaller defects (item 10)
+
+
+def test_a_cancel_arriving_after_the_job_finished_leaves_it_done(tmp_path):
+    from medot.jobs import MODEL_FILE, JobManager
+
+    go = tmp_path / "go"
+
+    def finishing(method, arguments, out_dir, resume):  # writes its model once told to, then exits 0
+        script = (f"import pathlib, time\nwhile not pathlib.Path({str(go)!r}).exists(): time.sleep(0.02)\n"
+                  f"pathlib.Path({str(out_dir / MODEL_FILE)!r}).write_bytes(b'model')\n")
+        return [sys.executable, "-c", script]
+
+    manager = JobManager(tmp_path, tmp_path, command_for=finishing)
+    job = manager.submit("pradot", {"dataset": "synthetic", "epochs": 1})
+    assert manager.get(job).status == "running"
+    # the user's cancel is flagged just as the job writes its model and exits (before it is signalled)
+    assert manager.registry.request_cancel(job)
+    go.touch()
+    deadline = time.monotonic() + 30
+    while manager.get(job).status == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    record = manager.get(job)
+    assert record.status == "done" and record.checkpoint_path.name == MODEL_FILE
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
+    (["--shots", "0"], "shots must be at least 1, got 0"),
+    (["--epochs", "0"], "epochs must be at least 1, got 0"),
+])
+def test_bad_training_arguments_are_refused_before_any_data_or_backbone_is_loaded(tmp_path, monkeypatch, capsys,
+                                                                                  flags, message):
+    import medot.backbones
+    from medot.cli import main
+
+    monkeypatch.setenv("MEDOT_HOME", str(tmp_path))
+    monkeypatch.setattr(medot.backbones, "create_backbone", lambda *a, **k: pytest.fail("a backbone was loaded"))
+    assert main(["train", "kmat", "--task", "synthetic", "--out", str(tmp_path / "out"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "synthetic").exists()  # the synthetic task was not even written
+
+
+def test_raw_internal_messages_become_readable_ones(tmp_path, monkeypatch, capsys):
+    import medot.cli
+    from app.train import submit_job
+    from medot.config import confine_path
+    from medot.errors import PathNotAllowedError
+    from medot.jobs import JobManager
+    from medot.zeroshot import MAX_LABELS, parse_labels
+
+    with pytest.raises(PathNotAllowedError, match="cannot be used as a path: symlink loop"):
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        confine_path("loop", tmp_path)
+    manager = JobManager(tmp_path, tmp_path, command_for=_sleeper, cancel_grace_s=2)
+    try:
+        with pytest.raises(gr.Error, match="file name too long"):
+            submit_job(manager, "pradot", "synthetic", "x" * 300, 4, 1, 0, 1.0, 1.0, "lite")
+        assert "queued" in submit_job(manager, "pradot", "synthetic", None, 4, 1, 0, 1.0, 1.0, "lite")  # API: no path
+    finally:
+        _cancel_all(manager)
+    with pytest.raises(ValueError, match="at least two distinct class labels"):
+        parse_labels(None)
+    with pytest.raises(ValueError, match=f"at most {MAX_LABELS} class labels, got 2000"):
+        parse_labels(", ".join(f"label {i}" for i in range(2000)))
+
+    def allocate(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 40000000000 bytes. Error code 12")
+
+    monkeypatch.setattr(medot.cli, "_run", allocate)
+    assert medot.cli.main(["train", "kmat", "--task", "synthetic"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("medot: error: out of memory") and "40000000000" not in error
+
+
+def test_a_12_bit_jpeg_dicom_names_the_missing_decoder_package():
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import get_decoder
+
+    from medot.data.io import read_image
+    from medot.errors import ImageReadError
+
+    path = get_testdata_file("JPEG-lossy.dcm")  # JPEG Extended, 12 bits stored: a valid file
+    import pydicom
+
+    if not get_decoder(pydicom.dcmread(path).file_meta.TransferSyntaxUID).missing_dependencies:
+        pytest.skip("every JPEG decoder is installed here: the file decodes")
+    with pytest.raises(ImageReadError) as raised:
+        read_image(path, name="ct.dcm")
+    message = str(raised.value)
+    assert "12 bits stored" in message and "pylibjpeg" in message
+    assert "truncated" not in message and "re-export" not in message

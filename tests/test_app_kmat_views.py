@@ -21,6 +21,7 @@ from app_server import AppServer  # noqa: E402
 from kmat_checkpoint import train_tiny_kmat, write_artefacts_checkpoint  # noqa: E402
 from medot.backbones.base import VisionLanguageBackbone  # noqa: E402
 from medot.checkpoint import checkpoint_paths, load_checkpoint  # noqa: E402
+from medot.data.modality import display_name  # noqa: E402
 from test_kmat import write_tiny_task  # noqa: E402
 from tiny_open_clip import write_tiny_biomedclip  # noqa: E402
 
@@ -48,7 +49,9 @@ def views(tmp_path_factory):
         backbone = create_backbone(f"local-dir:{write_tiny_biomedclip(tmp_path_factory.mktemp('tiny_model'))}", "cpu")
         task_file = write_tiny_task(tmp_path_factory.mktemp("tiny_task"))
         run_dir = home / "models" / "kmat-tiny"
-        trained, _ = checkpoint_paths(train_tiny_kmat(backbone, task_file, run_dir, tmp_path_factory.mktemp("cache")))
+        trained, _ = checkpoint_paths(
+            train_tiny_kmat(backbone, task_file, run_dir, tmp_path_factory.mktemp("cache"), evaluated=True)
+        )
         dim = load_checkpoint(trained).tensors["artefacts.w_high"].shape[1]
         stored, removed = (
             write_artefacts_checkpoint(home / "models" / name / "model", dim=dim, seed=seed, backbone=backbone.name)
@@ -102,7 +105,7 @@ def test_classify_with_the_trained_model_matches_its_predictor_on_the_low_end(vi
 
     image = _example("xray_nodule.png")
     label, _, info = views.client.predict(
-        handle_file(str(image)), "", "lite", views.trained, "low-end prompts (w_L)", api_name="/classify"
+        handle_file(str(image)), "", "lite", views.trained, "low", api_name="/classify"
     )
     predictor = load_kmat_predictor(views.trained, views.backbone)
     expected = predictor.predict_proba([read_image(image)], "low")[0]
@@ -111,12 +114,14 @@ def test_classify_with_the_trained_model_matches_its_predictor_on_the_low_end(vi
     assert sum(confidences.values()) == pytest.approx(1.0, abs=1e-5)
     for name, probability in zip(predictor.class_names, expected.tolist(), strict=True):
         assert confidences[name] == pytest.approx(probability, abs=1e-4)
-    assert f"{predictor.modalities[1]} prompts" in info
+    assert f"{display_name(predictor.modalities[1])} prompts" in info
 
 
 def _points_per_class(figure: dict) -> dict[str, int]:
     counts: dict[str, int] = {}
     for trace in figure["data"]:
+        if trace.get("meta") != "points":  # legend entries and prompt -> anchor links hold no point
+            continue
         name = trace["name"].split(" · ")[0]
         hover = trace["hovertext"]
         assert all(f"class: {name}<br>" in text for text in hover), (name, hover)
@@ -134,12 +139,14 @@ def test_manifold_draws_every_prompt_anchor_and_description(views, method, shown
     described = tensors["description_embeddings"].shape[0] if descriptions else 0
     assert sum(counts.values()) == 2 * len(classes) + 2 * len(classes) + described  # w_H, w_L, anchors, descriptions
     assert shown_as in figure["layout"]["title"]["text"]
+    (links,) = [t for t in figure["data"] if t.get("meta") == "links"]
+    assert len(_array(links["x"])) == 3 * 2 * len(classes)  # one prompt -> anchor segment per class and modality
 
 
 def test_manifold_compares_two_checkpoints_side_by_side(views):
     figure = _figure(views.client.predict(views.trained, views.stored, "tsne", True, api_name="/manifold"))
     panels: dict[str, int] = {}
-    for trace in figure["data"]:
+    for trace in (t for t in figure["data"] if t.get("meta") == "points"):
         panels[trace.get("xaxis", "x")] = panels.get(trace.get("xaxis", "x"), 0) + len(trace["hovertext"])
     (trained_classes, trained, _), (_, stored, _) = _stored(views.trained), _stored(views.stored)
     expected = [4 * len(trained_classes) + trained["description_embeddings"].shape[0],
@@ -177,7 +184,7 @@ def test_a_deleted_model_gives_a_readable_message_and_the_app_keeps_serving(view
     requests = {
         "/classify": lambda: views.client.predict(
             handle_file(str(_example("ct_normal.png"))), "", "lite", views.removed,
-            "high-end prompts (w_H)", api_name="/classify"),
+            "high", api_name="/classify"),
         "/manifold": lambda: views.client.predict(views.removed, "", "tsne", True, api_name="/manifold"),
         "/coupling": lambda: views.client.predict(views.removed, 0.5, 0.1, api_name="/coupling"),
     }
@@ -187,3 +194,23 @@ def test_a_deleted_model_gives_a_readable_message_and_the_app_keeps_serving(view
         assert "Traceback" not in message
     trained, _ = _plan(views, 0.5, 0.1)
     assert trained.shape == (3, 3)
+
+
+def test_classify_shows_the_evidence_behind_the_scores_and_warns_on_another_modality(views):
+    meta = load_checkpoint(views.trained).meta
+    n, metrics = len(meta["class_names"]), meta["metrics"]
+    dicom = _example("CT_small.dcm")  # its Modality tag is CT: the model's high-end modality
+    label, _, info = views.client.predict(handle_file(str(dicom)), "", "lite", views.trained, "low",
+                                          api_name="/classify")
+    confidences = {item["label"]: item["confidence"] for item in label["confidences"]}
+    top = max(confidences, key=confidences.get)
+    assert f"Highest of the {n} given labels: {top} ({confidences[top]:.0%})" in info
+    assert f"softmax over the {n} labels given" in info and "not a diagnosis" in info
+    assert f"Chance level: {1 / n:.1%}" in info
+    assert (f"held-out X-ray test images: accuracy {metrics['acc_lo']:.1%} and macro-F1 {metrics['f1_lo']:.2f}"
+            in info)
+    assert "**Warning:** the image's DICOM Modality is CT (CT), but the scores use this model's X-ray prompts" in info
+    _, _, info = views.client.predict(handle_file(str(dicom)), "", "lite", views.trained, "high",
+                                      api_name="/classify")
+    assert f"held-out CT test images: accuracy {metrics['acc_hi']:.1%}" in info
+    assert "Warning" not in info

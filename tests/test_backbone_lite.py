@@ -239,3 +239,12 @@ def test_refitting_reproduces_the_shipped_asset(backbone):
     assert backbone.logit_scale == pytest.approx(float(shipped["logit_scale"]))
     assert torch.allclose(backbone.text_projection.weight, shipped["weight"])
     assert report["heldout_retrieval"]["top1"] > 0.1  # ten times chance on 100 unseen classes
+
+
+def test_loading_the_text_tower_prints_no_progress_bar(capfd):
+    from transformers.utils import logging as transformers_logging
+
+    assert transformers_logging.is_progress_bar_enabled()
+    lite.load_text_tower()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()  # the caller's setting is restored

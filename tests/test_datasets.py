@@ -171,7 +171,7 @@ def test_mvtec_loco_mask_folder_errors(bench, tmp_path):
 def test_detect_layout_names_each_written_layout(bench):
     benchmark, _ = bench
     mvfa = detect_layout(benchmark.mvfa_root)
-    assert (mvfa.kind, mvfa.names) == (MVFA, (benchmark.mvfa_object,))
+    assert (mvfa.kind, mvfa.names) == (MVFA, benchmark.mvfa_objects) and benchmark.mvfa_object in mvfa.names
     mvtec = detect_layout(benchmark.mvtec_root)
     assert (mvtec.kind, mvtec.names) == (MVTEC, (benchmark.mvtec_category,))
     kmat = detect_layout(benchmark.kmat_low)
@@ -194,7 +194,7 @@ def test_missing_mvfa_folders_are_named_with_their_full_path(bench, tmp_path):
     benchmark, _ = bench
     copy = tmp_path / "mvfa"
     shutil.copytree(benchmark.mvfa_root, copy)
-    with pytest.raises(DatasetLayoutError, match="MVFA objects found in .*: \\['Phantom'\\]"):
+    with pytest.raises(DatasetLayoutError, match="MVFA objects found in .*: \\['Histo', 'Phantom', 'Retina'\\]"):
         load_mvfa(copy, "Brain", "test")
     shutil.rmtree(copy / "Phantom_AD" / "test" / "Ungood" / "img")
     missing = copy / "Phantom_AD" / "test" / "Ungood" / "img"

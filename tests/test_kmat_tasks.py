@@ -418,3 +418,48 @@ def test_the_chest_paper_task_on_two_class_data_names_the_missing_class(tmp_path
         task.high_end_data(2, seed=1)
     with pytest.raises(TaskError, match=r"class 'pneumonia' has no image in the xray test split"):
         task.low_end_test()
+
+
+def test_sigterm_during_a_benchmark_exits_75_and_resume_finishes_it(model_dir, tmp_path, monkeypatch, capfd, signal_protocol):
+    import signal
+
+    from medot.jobs import protocol
+    from medot.jobs.protocol import EXIT_CANCELLED
+    from medot.train import engine
+
+    root = write_tree(tmp_path / "mine")
+    argv = ["benchmark", "kmat", "--task", str(root), "--methods", "zeroshot,coop", "--seeds", "1", "2"]
+    step = engine._Run._step
+    steps = {"n": 0}
+
+    def step_then_sigterm(self, *args, **kwargs):
+        steps["n"] += 1
+        lr = step(self, *args, **kwargs)
+        if steps["n"] == 3:  # seed 1 of coop has 2 epochs x 1 step; stop in seed 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return lr
+
+    monkeypatch.setattr(engine._Run, "_step", step_then_sigterm)
+    out = tmp_path / "bench"
+    assert medot(*argv, *common(model_dir, out)) == EXIT_CANCELLED
+    printed = capfd.readouterr().out
+    assert "coop seed 1: accuracy" in printed and "coop seed 2" not in printed
+    assert "continue the benchmark with --resume" in printed and not (out / "kmat_benchmark.json").exists()
+    monkeypatch.setattr(engine._Run, "_step", step)
+    protocol._stop_requested.clear()
+    assert medot(*argv, *common(model_dir, out), "--resume") == 0
+    assert medot(*argv, *common(model_dir, tmp_path / "fresh")) == 0
+    resumed, fresh = (json.loads((o / "kmat_benchmark.json").read_text())["runs"] for o in (out, tmp_path / "fresh"))
+    for a, b in zip(resumed, fresh, strict=True):
+        assert (a["method"], a["seed"]) == (b["method"], b["seed"])
+        assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)
+
+
+def test_a_kmat_job_accepts_a_task_folder_and_refuses_a_plain_class_folder(tmp_path):
+    from medot.jobs import JobError
+    from medot.jobs.datasets import check_job_dataset
+
+    root = write_tree(tmp_path / "data" / "mine")
+    check_job_dataset("kmat", str(root), tmp_path / "home", tmp_path / "data")  # accepted
+    with pytest.raises(JobError, match=r"not on one folder .* is not a task folder"):
+        check_job_dataset("kmat", str(root / "ct" / "train"), tmp_path / "home", tmp_path / "data")

@@ -1,5 +1,7 @@
 """medot.ot.partial against POT's entropic partial Wasserstein, plus constraints and gradients."""
 
+import warnings
+
 import numpy as np
 import ot
 import pytest
@@ -8,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medot.errors import OTError
-from medot.ot import entropic_partial_wasserstein
+from medot.ot import cosine_cost, entropic_partial_wasserstein
 
 F64 = torch.float64
 
@@ -143,7 +145,7 @@ def test_small_epsilon_large_costs_stay_finite():
     [
         ({"mass": 1.5}, "mass must satisfy"),
         ({"mass": 0.0}, "mass must satisfy"),
-        ({"mass": 0.5, "a": torch.tensor([0.5, 0.5, 0.0], dtype=F64)}, "strictly positive"),
+        ({"mass": 0.5, "a": torch.zeros(3, dtype=F64)}, "zero total mass"),
         (
             {"mass": 0.5, "gradient": "envelope", "a": torch.full((3,), 1 / 3, dtype=F64).requires_grad_()},
             "cost matrix only",
@@ -154,3 +156,58 @@ def test_invalid_inputs_raise_ot_error(kwargs, message):
     cost = torch.rand(3, 4, dtype=F64)
     with pytest.raises(OTError, match=message):
         entropic_partial_wasserstein(cost, epsilon=0.1, **kwargs)
+
+
+def test_zero_weight_padding_gives_the_unpadded_solution_and_pot_s():
+    # a variable-size batch: problem 0 is 7 x 4, problem 1 is 5 x 3, padded to 7 x 4 with zero weights
+    sizes = [(7, 4), (5, 3)]
+    cost = torch.full((2, 7, 4), 1e3, dtype=F64)  # padded costs are arbitrary, even large
+    a, b = torch.zeros(2, 7, dtype=F64), torch.zeros(2, 4, dtype=F64)
+    pieces = []
+    for k, (rows, cols) in enumerate(sizes):
+        c, a_k, b_k = random_problem(rows, cols, seed=20 + k, b_mass=1.4)
+        cost[k, :rows, :cols], a[k, :rows], b[k, :cols] = c, a_k, b_k
+        pieces.append((c, a_k, b_k))
+    options = {"mass": 0.7, "epsilon": 0.1}
+    padded = entropic_partial_wasserstein(cost, a, b, max_iter=50, tol=0.0, **options)
+    converged = entropic_partial_wasserstein(cost, a, b, max_iter=20000, tol=1e-12, **options)
+    assert bool(converged.diagnostics.converged.all())
+    for k, ((rows, cols), (c, a_k, b_k)) in enumerate(zip(sizes, pieces)):
+        alone = entropic_partial_wasserstein(c, a_k, b_k, max_iter=50, tol=0.0, **options)
+        torch.testing.assert_close(padded.plan[k, :rows, :cols], alone.plan, rtol=1e-12, atol=1e-15)
+        assert float(padded.plan[k, rows:].abs().sum() + padded.plan[k, :, cols:].abs().sum()) == 0.0
+        assert float(padded.objective[k]) == pytest.approx(float(alone.objective), rel=1e-12)
+        reference = ot.partial.entropic_partial_wasserstein(
+            a_k.numpy(), b_k.numpy(), c.numpy(), 0.1, m=0.7, numItermax=20000,
+            method="sinkhorn_log", stopThr=1e-14,
+        )
+        plan = converged.plan[k, :rows, :cols].numpy()
+        assert float(np.abs(plan - reference).max() / reference.max()) < 1e-6
+
+
+def test_mass_near_the_full_mass_stops_near_the_solution_in_float32():
+    # MADPOT-like cosine costs: the bare per-cycle change test stopped "converged" with the largest
+    # plan entry 1.5 % off at m = 1; the contraction-rate test keeps going until it is not. The
+    # float64 reference is this solver run to 1e-7 (its converged plans match POT's above).
+    generator = torch.Generator().manual_seed(0)
+    prompts = torch.randn(14, 512, generator=generator)
+    tokens = prompts[torch.randint(0, 14, (289,), generator=generator)]
+    tokens = tokens + 1.5 * torch.randn(289, 512, generator=generator)
+    cost = cosine_cost(tokens.double(), prompts.double())
+    reference = entropic_partial_wasserstein(cost, mass=1.0, epsilon=0.1, tol=1e-7, max_iter=20000)
+    result = entropic_partial_wasserstein(cost.float(), mass=1.0, epsilon=0.1, max_iter=20000)
+    assert bool(result.diagnostics.converged)
+    gap = float((result.plan.double() - reference.plan).abs().max() / reference.plan.max())
+    assert gap < 2e-3
+
+
+def test_unconverged_solve_warns_with_the_fix_to_try():
+    from medot.errors import OTConvergenceWarning
+
+    cost, a, b = random_problem(12, 9, seed=31)
+    with pytest.warns(OTConvergenceWarning, match="m close to min"):
+        result = entropic_partial_wasserstein(cost, a, b, mass=0.99, epsilon=0.05, max_iter=5)
+    assert not bool(result.diagnostics.converged)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        entropic_partial_wasserstein(cost, a, b, mass=0.99, epsilon=0.05, max_iter=5, tol=0.0)

@@ -112,8 +112,8 @@ def test_predict_anomaly_writes_the_map_and_overlay_and_prints_the_score(trained
 
 
 def test_benchmark_prints_and_writes_pradot_and_patchcore_rows(synthetic, tmp_path, capsys) -> None:
-    assert run(["benchmark", "pradot", "--data", str(synthetic.mvfa_root), "--alpha", "0.3", "--epochs", "1",
-                "--out", str(tmp_path), *FAST]) == 0
+    assert run(["benchmark", "pradot", "--data", str(synthetic.mvfa_root), "--object", "Phantom", "--alpha", "0.3",
+                "--epochs", "1", "--out", str(tmp_path), *FAST]) == 0
     printed = capsys.readouterr().out
     assert "img AUROC" in printed and "AU-PRO@0.05" in printed and "normalised by L" in printed
     with (tmp_path / "results.csv").open() as handle:

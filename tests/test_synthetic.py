@@ -139,13 +139,15 @@ def test_manifest_describes_what_is_on_disk(written):
 
 def test_written_masks_are_binary_nonempty_and_match_their_images(written):
     counts = json.loads(written.manifest.read_text())["datasets"]
-    abnormal = sum(split["Ungood"] for split in counts["mvfa"]["counts"].values())
+    abnormal = sum(
+        split["Ungood"] for organ in counts["mvfa"]["objects"].values() for split in organ["counts"].values()
+    )
     abnormal += sum(n for group, n in counts["mvtec"]["counts"]["test"].items() if group != "good")
     masks = sorted(written.root.rglob("anomaly_mask/*.png")) + sorted(written.root.rglob("ground_truth/*/*.png"))
     assert len(masks) == abnormal > 0
     for path in masks:
         mask = np.asarray(Image.open(path))
-        assert mask.shape == (48, 48)
+        assert mask.shape[:2] == (48, 48)
         assert set(np.unique(mask)) == {0, 255}
 
 
@@ -175,3 +177,46 @@ def test_rejects_too_few_cases_per_class(tmp_path):
     with pytest.raises(SyntheticBenchmarkError, match="n_per_class=2 is too small"):
         write_synthetic_benchmark(tmp_path / "x", n_per_class=2, size=48, progress=False)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("obj", ["Retina", "Histo"])
+def test_other_mvfa_organs_are_seeded_and_their_anomaly_lies_in_its_mask(obj):
+    from medot.data.synthetic import MVFA_ORGANS, render_mvfa_case
+
+    kind = MVFA_ORGANS[obj][1][0]
+    image, mask = render_mvfa_case(obj, kind, (5, 1), SIZE)
+    again, mask_again = render_mvfa_case(obj, kind, (5, 1), SIZE)
+    np.testing.assert_array_equal(image, again)
+    np.testing.assert_array_equal(mask, mask_again)
+    normal, no_mask = render_mvfa_case(obj, NORMAL, (5, 1), SIZE)
+    assert not no_mask.any() and mask.sum() >= 9
+    grey = image.astype(float).reshape(SIZE, SIZE, -1).mean(-1)
+    normal_grey = normal.astype(float).reshape(SIZE, SIZE, -1).mean(-1)
+    # the same seed draws the same background: the anomaly changes the image inside its mask
+    # far more than outside (fluid darkens the layers, atypia darkens the stroma with nuclei)
+    inside = np.abs(grey - normal_grey)[mask].mean()
+    outside = np.abs(grey - normal_grey)[~mask].mean()
+    assert inside > 3 * outside and (grey[mask].mean() < normal_grey[mask].mean())
+
+
+def test_unknown_organ_or_anomaly_is_refused():
+    from medot.data.synthetic import render_mvfa_case
+
+    with pytest.raises(SyntheticBenchmarkError, match="unknown synthetic MVFA object 'Lung'"):
+        render_mvfa_case("Lung", NORMAL, 0, SIZE)
+    with pytest.raises(SyntheticBenchmarkError, match="Retina has no anomaly 'nodule'"):
+        render_mvfa_case("Retina", NODULE, 0, SIZE)
+
+
+def test_mvfa_layout_holds_three_organs_with_fewshot_lists(written):
+    from medot.data.datasets import detect_layout, load_mvfa, load_mvfa_fewshot
+
+    manifest = json.loads(written.manifest.read_text())["datasets"]["mvfa"]
+    assert detect_layout(written.mvfa_root).names == written.mvfa_objects == ("Histo", "Phantom", "Retina")
+    assert {organ["modality"] for organ in manifest["objects"].values()} == {"ct", "oct", "histology"}
+    for obj in written.mvfa_objects:
+        test = load_mvfa(written.mvfa_root, obj, "test")
+        assert test.counts() == manifest["objects"][obj]["counts"]["test"]
+        assert all(record.mask_path is not None for record in test if record.label == 1)
+        shots = load_mvfa_fewshot(written.mvfa_root, obj, written.mvfa_shots[-1])
+        assert {r.path.parent.parent.parent.name for r in shots.normal + shots.abnormal} == {"valid"}

@@ -114,18 +114,19 @@ def test_embedding_set_checks_and_broadcasts():
 def test_manifold_figure_traces_counts_and_hover():
     embedding_set = _prompt_set(np.random.default_rng(0))
     fig = manifold_figure(embedding_set, method="tsne", seed=0)
+    data = [t for t in fig.data if t.meta == "points"]
     # 3 classes x (prompt, anchor) x (H, L) + 3 classes x description(H) = 15 groups of 1 point.
     keys = set(zip(embedding_set.classes, embedding_set.kind, embedding_set.modality))
-    assert len(fig.data) == len(keys) == 15
-    assert sum(len(t.x) for t in fig.data) == len(embedding_set)
-    for trace in fig.data:
+    assert len(data) == len(keys) == 15
+    assert sum(len(t.x) for t in data) == len(embedding_set)
+    for trace in data:
         class_name = trace.name.split(" · ")[0]
         assert all(f"class: {class_name}" in h for h in trace.hovertext)
         if "description" in trace.name:
             assert all(f"sentence about {class_name}" in h for h in trace.hovertext)
-    colours = {t.name.split(" · ")[0]: t.marker.color for t in fig.data}
+    colours = {t.name.split(" · ")[0]: t.marker.color for t in data}
     assert len(set(colours.values())) == 3  # one colour per class
-    symbols = {t.name.split(" · ")[1]: t.marker.symbol for t in fig.data}
+    symbols = {t.name.split(" · ")[1]: t.marker.symbol for t in data}
     assert len(set(symbols.values())) == len(symbols) == 5  # prompt/anchor x H/L + description (H)
     assert "perplexity" in fig.layout.title.text
 
@@ -142,14 +143,39 @@ def test_comparison_shares_one_projection():
     assert [a.text for a in fig.layout.annotations] == ["with L_fgw", "without"]
     panels = {"x": [], "x2": []}
     for trace in fig.data:
-        panels[trace.xaxis].append(trace)
+        if trace.meta == "points":
+            panels[trace.xaxis].append(trace)
     assert len(panels["x"]) == len(panels["x2"]) == 15
     for left, right in zip(panels["x"], panels["x2"]):
-        assert left.name == right.name and left.showlegend and not right.showlegend
+        assert left.name == right.name and not left.showlegend and not right.showlegend
         if "anchor" in left.name:  # the same vectors in both sets: the same 2-D point
             assert (left.x, left.y) == (right.x, right.y)
     assert len(shared) == sum(len(t.x) for t in panels["x"] if "anchor" in t.name)
     assert fig.layout.xaxis.range == fig.layout.xaxis2.range and fig.layout.xaxis2.matches == "x"
+
+
+def test_manifold_legend_is_grouped_links_join_prompt_and_anchor_and_descriptions_fade():
+    embedding_set = _prompt_set(np.random.default_rng(1))
+    fig = manifold_figure(embedding_set, method="tsne", seed=0, links=[("prompt", "anchor")])
+    legend = [(t.legendgroup, t.name) for t in fig.data if t.meta == "legend"]
+    assert legend == [("class", "a"), ("class", "b"), ("class", "c"), ("kind:prompt", "prompt"),
+                      ("kind:anchor", "anchor"), ("kind:description", "description"), ("modality", "H"),
+                      ("modality", "L")]  # 8 entries, each encoding explained once (not 15 combinations)
+    assert all(t.x == (None,) for t in fig.data if t.meta == "legend")
+    points = {t.name: t for t in fig.data if t.meta == "points"}
+    (links,) = [t for t in fig.data if t.meta == "links"]
+    segments = [(links.x[k:k + 2], links.y[k:k + 2]) for k in range(0, len(links.x), 3)]
+    assert len(segments) == 6  # 3 classes x 2 modalities
+    for name in ("a", "b", "c"):
+        for modality in ("H", "L"):
+            prompt, anchor = points[f"{name} · prompt ({modality})"], points[f"{name} · anchor ({modality})"]
+            assert ((prompt.x[0], anchor.x[0]), (prompt.y[0], anchor.y[0])) in segments
+    assert {t.opacity for n, t in points.items() if "description" in n} == {0.35}
+    assert {t.opacity for n, t in points.items() if "description" not in n} == {1.0}
+    assert (fig.layout.xaxis.title.text, fig.layout.yaxis.title.text) == ("t-SNE 1", "t-SNE 2")
+    assert any("Only 15 distinct points" in a.text for a in fig.layout.annotations)  # 15 rows: flagged
+    many = EmbeddingSet(np.random.default_rng(2).normal(size=(16, 8)), list("abcd") * 4, "H", "prompt")
+    assert not any("distinct points" in (a.text or "") for a in manifold_figure(many, seed=0).layout.annotations)
 
 
 def test_manifold_figure_rejects_mixed_dimensions():
@@ -178,7 +204,14 @@ def test_coupling_heatmaps_labels_values_and_title():
     assert len({t.coloraxis for t in fig.data}) == 4  # one colour scale per matrix
     assert fig.layout.yaxis.autorange == "reversed" and fig.layout.xaxis.title.text == "X-ray class"
     title = fig.layout.title.text
-    assert "FGW = 0.1235" in title and "α = 0.1" in title and "ε = 0.05" in title
+    assert "FGW = 0.123" in title and "α = 0.100" in title and "ε = 0.050" in title
+    assert all(t.texttemplate == "%{z:.3f}" and "%{z:.3f}" in t.hovertemplate for t in fig.data)  # one format
+    assert all(fig.layout[f"coloraxis{k}"].colorbar.tickformat == ".3f" for k in range(1, 5))
+    colorbars = [fig.layout[f"coloraxis{k}"].colorbar for k in range(1, 5)]
+    assert [c.title.text for c in colorbars] == ["Γ", "M", "D<sup>H</sup>", "D<sup>L</sup>"]
+    (bottom_title,) = [a for a in fig.layout.annotations if a.text == "D<sup>H</sup> (CT structure)"]
+    assert bottom_title.y < fig.layout.yaxis.domain[0] - 0.15  # room for the top row's x title above it
+    assert any(a.text.startswith("How to read Γ: rows are CT classes, columns X-ray classes") for a in fig.layout.annotations)
 
 
 def test_coupling_heatmaps_plan_only_and_bad_input():

@@ -25,7 +25,8 @@ sentences share.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
@@ -37,6 +38,7 @@ from timm.models.efficientnet import EfficientNet
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from transformers import AutoModel, AutoTokenizer, BertModel, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 from medot.backbones.base import ImageFeatures, Preprocess, VisionLanguageBackbone
 from medot.backbones.factory import LITE, BackboneStatus
@@ -184,12 +186,26 @@ def fold_batch_norms(tower: EfficientNet) -> EfficientNet:
     return tower
 
 
+@contextmanager
+def quiet_transformers_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar from transformers while a local model loads (it is
+    instant and, in a CLI's output or a job log, only noise); the previous setting is restored."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def load_text_tower() -> tuple[BertModel, PreTrainedTokenizerBase, int]:
     """all-MiniLM-L6-v2 as ``(BertModel, tokenizer, max sequence length)``, from disk only.
 
     The checkpoint's BERT pooler is dropped after loading: sentence embeddings mean-pool instead."""
     path = minilm_dir()
-    model = AutoModel.from_pretrained(path, local_files_only=True)
+    with quiet_transformers_loading():
+        model = AutoModel.from_pretrained(path, local_files_only=True)
     model.pooler = None
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     max_length = int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])

@@ -8,12 +8,18 @@ example is pydicom's bundled ``CT_small.dcm``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from medot.data.synthetic import LESION_CLASSES, render_case
+
+#: file-name prefix -> what the example shows, in words that do not give its class away
+EXAMPLE_KINDS = {"ct": "CT-like", "xray": "X-ray-like"}
+DICOM_KIND = "CT, DICOM"
+THUMBNAIL_SIZE = 128
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 EXAMPLE_SEED = 2024
@@ -26,6 +32,42 @@ def example_images() -> list[Path]:
     paths = sorted(EXAMPLES_DIR.glob("*.png"))
     dicom = get_testdata_file("CT_small.dcm", download=False)
     return paths + ([Path(dicom)] if dicom else [])
+
+
+@dataclass(frozen=True)
+class GalleryExample:
+    """One bundled example for a gallery: ``file`` is a copy under a neutral name (the upload),
+    ``thumbnail`` a PNG of it, ``caption`` its neutral label, ``source`` the bundled file."""
+
+    file: Path
+    thumbnail: Path
+    caption: str
+    source: Path
+
+
+def example_gallery(out_dir: Path) -> list[GalleryExample]:
+    """The bundled examples as neutral copies in ``out_dir`` (``example-1.png``, ...), each with a
+    thumbnail (DICOM rendered through its own window) and a short caption naming only its kind
+    (``"3 · CT-like"``; the PNGs are synthetic phantoms), so a user cannot read the expected class
+    off the screen."""
+    from medot.data.io import read_image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gallery = []
+    for number, source in enumerate(example_images(), start=1):
+        file = out_dir / f"example-{number}{source.suffix}"
+        file.write_bytes(source.read_bytes())
+        if source.suffix == ".dcm":
+            kind = DICOM_KIND
+        else:
+            kind = EXAMPLE_KINDS.get(source.stem.split("_")[0], "synthetic")
+        thumbnail = out_dir / f"example-{number}-thumbnail.png"
+        pixels = read_image(source).pixels
+        image = Image.fromarray((np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8))
+        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        image.save(thumbnail)
+        gallery.append(GalleryExample(file, thumbnail, f"{number} · {kind}", source))
+    return gallery
 
 
 def write_examples(out_dir: Path = EXAMPLES_DIR) -> list[Path]:

@@ -62,6 +62,7 @@ from pydicom.pixels import (
     get_decoder,
 )
 
+from medot.data.windows import apply_window
 from medot.errors import ImageReadError
 
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
@@ -143,6 +144,8 @@ def read_image(
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    frame: int | None = None,
+    window: tuple[float, float] | None = None,
     max_side: int | None = None,
 ) -> MedicalImage:
     """Read an image from a path or from the bytes of an upload (``name`` labels messages).
@@ -152,6 +155,10 @@ def read_image(
     side is box-downscaled right after decoding (module docstring). Raises :class:`ImageReadError`
     for a missing, empty, oversized, truncated, corrupt, non-image, NaN/Inf-containing or constant
     input.
+
+    ``frame`` (0-based) picks a frame of a multi-frame DICOM or a page of a multi-page TIFF instead
+    of the middle one; ``window`` = (centre, width) replaces a grayscale DICOM's own VOI
+    transform by that LINEAR window (:func:`medot.data.windows.apply_window`).
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -164,9 +171,9 @@ def read_image(
         name = name or path.name
     fmt, opened = _inspect(data, label, name, max_pixels)
     if fmt == "dicom":
-        array, original_dtype, metadata = _decode_dicom(opened, label)
+        array, original_dtype, metadata = _decode_dicom(opened, label, frame, window)
     else:
-        array, original_dtype, metadata = _decode_raster(opened, fmt, label, max_side)
+        array, original_dtype, metadata = _decode_raster(opened, fmt, label, max_side, frame)
     if max_side is not None and max(array.shape[:2]) > max_side:
         metadata.setdefault("downscaled_from", tuple(array.shape[:2]))
         array = box_downscale(array, -(-max(array.shape[:2]) // max_side))
@@ -335,8 +342,17 @@ def _inspect_dicom(data: bytes, label: str, max_pixels: int) -> pydicom.Dataset:
     return ds
 
 
+def _frame_index(frame: int | None, frames: int, label: str) -> int:
+    """The requested 0-based frame, or the middle one; a frame outside the file is refused."""
+    if frame is None:
+        return frames // 2
+    if not 0 <= frame < frames:
+        raise ImageReadError(f"{label}: frame {frame} does not exist; the file has frames 0 to {frames - 1}.")
+    return int(frame)
+
+
 def _decode_raster(
-    source: Image.Image | bytes, fmt: str, label: str, max_side: int | None = None
+    source: Image.Image | bytes, fmt: str, label: str, max_side: int | None = None, frame: int | None = None
 ) -> tuple[np.ndarray, str, dict]:
     """Decode a Pillow image or ``.npy`` bytes to unit-range samples (module docstring rules)."""
     if fmt == "npy":
@@ -344,7 +360,7 @@ def _decode_raster(
             array = np.load(io.BytesIO(source), allow_pickle=False)
         metadata: dict[str, Any] = {}
     else:
-        array, metadata = _pil_array(source, fmt, label, max_side)
+        array, metadata = _pil_array(source, fmt, label, max_side, frame)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     _check_finite(array, label)
@@ -358,13 +374,17 @@ def _decode_raster(
     return pixels, str(array.dtype), metadata
 
 
-def _pil_array(image: Image.Image, fmt: str, label: str, max_side: int | None = None) -> tuple[np.ndarray, dict]:
+def _pil_array(
+    image: Image.Image, fmt: str, label: str, max_side: int | None = None, frame: int | None = None
+) -> tuple[np.ndarray, dict]:
     with _decoder_errors(label, fmt.upper()):
         frames = getattr(image, "n_frames", 1)
-        image.seek(frames // 2)
+    index = _frame_index(frame, frames, label)
+    with _decoder_errors(label, fmt.upper()):
+        image.seek(index)
         image.load()
         image = ImageOps.exif_transpose(image)
-    metadata = {"mode": image.mode, "frame_index": frames // 2, "number_of_frames": frames}
+    metadata = {"mode": image.mode, "frame_index": index, "number_of_frames": frames}
     if image.mode not in _ARRAY_MODES:
         image = image.convert("RGBA" if image.has_transparency_data else "RGB")
     if max_side is not None and max(image.size) > max_side and image.mode in _REDUCIBLE_MODES:
@@ -433,12 +453,29 @@ def _checked_pixels(pixels: np.ndarray, label: str) -> np.ndarray:
     return np.ascontiguousarray(pixels, dtype=np.float32)
 
 
-def _decode_dicom(ds: pydicom.Dataset, label: str) -> tuple[np.ndarray, str, dict]:
-    """Decode the middle frame and map it to [0, 1] (module docstring, PS3.3 C.11)."""
+def _decode_dicom(
+    ds: pydicom.Dataset, label: str, frame: int | None = None, window: tuple[float, float] | None = None
+) -> tuple[np.ndarray, str, dict]:
+    """Decode the middle (or the requested) frame and map it to [0, 1] (module docstring, PS3.3
+    C.11), through ``window`` instead of the file's VOI transform when one is given."""
     frames = int(ds.get("NumberOfFrames") or 1)
-    index = frames // 2
-    with _decoder_errors(label, "DICOM"):
-        stored, info = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, index=index)
+    index = _frame_index(frame, frames, label)
+    decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+    try:
+        stored, info = decoder.as_array(ds, index=index)
+    except Exception as exc:
+        if ds.file_meta.TransferSyntaxUID.is_compressed and decoder.missing_dependencies:
+            # the installed plugins cannot decode this variant (e.g. Pillow and 12-bit JPEG Extended):
+            # the file is fine, a decoder package is missing
+            raise ImageReadError(
+                f"{label}: the DICOM pixel data is {ds.file_meta.TransferSyntaxUID.name} with "
+                f"{ds.get('BitsStored', '?')} bits stored, which the installed decoder(s) "
+                f"({', '.join(decoder.available_plugins)}) cannot decode ({_first_line(exc)}); install one of: "
+                f"{'; '.join(decoder.missing_dependencies)} (e.g. pip install pylibjpeg pylibjpeg-libjpeg), "
+                "or convert the file to uncompressed DICOM."
+            ) from exc
+        with _decoder_errors(label, "DICOM"):
+            raise
     photometric = str(info["photometric_interpretation"])
     metadata: dict[str, Any] = {
         "modality": str(ds.get("Modality", "")),
@@ -446,7 +483,13 @@ def _decode_dicom(ds: pydicom.Dataset, label: str) -> tuple[np.ndarray, str, dic
         "decoded_as": photometric,
         "frame_index": index,
         "number_of_frames": frames,
+        "body_part": str(ds.get("BodyPartExamined", "")),
+        "rows": int(ds.get("Rows") or 0),
+        "columns": int(ds.get("Columns") or 0),
     }
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    if spacing:
+        metadata["pixel_spacing"] = [float(value) for value in spacing]
     _check_finite(stored, label)
     if photometric == "PALETTE COLOR":
         with _decoder_errors(label, "DICOM palette"):
@@ -456,7 +499,7 @@ def _decode_dicom(ds: pydicom.Dataset, label: str) -> tuple[np.ndarray, str, dic
         pixels = (stored / (2 ** int(info["bits_stored"]) - 1)).astype(np.float32)
     elif photometric in ("MONOCHROME1", "MONOCHROME2"):
         _lift_frame_functional_groups(ds, index)
-        pixels = _grayscale_display(stored, ds, label, metadata)
+        pixels = _grayscale_display(stored, ds, label, metadata, window)
         if photometric == "MONOCHROME1":
             pixels = 1.0 - pixels
     else:
@@ -465,6 +508,11 @@ def _decode_dicom(ds: pydicom.Dataset, label: str) -> tuple[np.ndarray, str, dic
             "convert the image to MONOCHROME2 or RGB."
         )
     return pixels, str(stored.dtype), metadata
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _lift_frame_functional_groups(ds: pydicom.Dataset, index: int) -> None:
@@ -486,9 +534,10 @@ def _lift_frame_functional_groups(ds: pydicom.Dataset, index: int) -> None:
 
 
 def _grayscale_display(
-    stored: np.ndarray, ds: pydicom.Dataset, label: str, metadata: dict
+    stored: np.ndarray, ds: pydicom.Dataset, label: str, metadata: dict, window: tuple[float, float] | None = None
 ) -> np.ndarray:
-    """Modality LUT/rescale, then VOI LUT or window (or min-max), scaled to [0, 1].
+    """Modality LUT/rescale, then the chosen ``window``, else VOI LUT or window (or min-max),
+    scaled to [0, 1].
 
     A window the standard does not allow (e.g. width < 1 for LINEAR) is ignored for min-max and
     the reason is kept in ``metadata["voi_transform"]``.
@@ -504,6 +553,14 @@ def _grayscale_display(
     else:
         metadata["modality_transform"] = "none"
 
+    if window is not None:
+        center, width = (float(v) for v in window)
+        try:
+            shown = apply_window(values, center, width)
+        except ValueError as exc:
+            raise ImageReadError(f"{label}: {exc}") from exc
+        metadata.update(voi_transform="window (chosen)", window_center=center, window_width=width)
+        return shown
     if ds.get("VOILUTSequence"):
         metadata["voi_transform"] = "VOI LUT"
         with _decoder_errors(label, "DICOM VOI LUT"):

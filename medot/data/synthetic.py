@@ -20,6 +20,11 @@ diffuse ground-glass region); every abnormal case has a pixel mask of the lesion
 :func:`write_synthetic_benchmark` writes three datasets under one folder, in the layouts that
 :mod:`medot.data.datasets` reads: a K-MaT modality pair (class folders plus BiomedCoOp-style
 split JSON), the MVFA medical anomaly-detection layout with few-shot lists, and MVTec AD.
+
+The MVFA layout holds three differently rendered "organs" with different anomaly types, so that
+leave-one-organ-out (zero-shot) protocols can run: ``Phantom`` (the CT slice; nodule / opacity),
+``Retina`` (an OCT-like B-scan, :func:`render_oct_case`; fluid pockets) and ``Histo`` (a
+histology-like RGB tile, :func:`render_histology_case`; foci of nuclear atypia).
 """
 
 from __future__ import annotations
@@ -46,6 +51,16 @@ NORMAL, NODULE, OPACITY = "normal", "nodule", "opacity"
 LESION_CLASSES = (NODULE, NORMAL, OPACITY)  # sorted: split-file labels equal the class-folder order
 HIGH_END, LOW_END = "ct", "xray"
 MVFA_OBJECT = "Phantom"
+RETINA_OBJECT, HISTO_OBJECT = "Retina", "Histo"
+#: the MVFA-layout objects, each a differently rendered "organ" with its own anomaly types
+MVFA_OBJECTS = (MVFA_OBJECT, RETINA_OBJECT, HISTO_OBJECT)
+FLUID, ATYPIA = "fluid", "atypia"
+#: per object: modality, anomaly types (abnormal cases cycle through them)
+MVFA_ORGANS = {
+    MVFA_OBJECT: ("ct", (NODULE, OPACITY)),
+    RETINA_OBJECT: ("oct", (FLUID,)),
+    HISTO_OBJECT: ("histology", (ATYPIA,)),
+}
 MVTEC_CATEGORY = "phantom"
 MANIFEST_NAME = "manifest.json"
 GENERATOR_ID = "medot.data.synthetic"
@@ -89,6 +104,8 @@ class SyntheticBenchmark:
     mvtec_root: Path
     mvtec_category: str
     manifest: Path
+    #: every object of the MVFA layout (sorted as :func:`medot.data.datasets.detect_layout` lists them)
+    mvfa_objects: tuple[str, ...] = tuple(sorted(MVFA_OBJECTS))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -303,6 +320,107 @@ def render_ct_case(lesion: str, seed: int | Sequence[int], size: int = 224) -> t
     return _render_ct(scene.tissue + scene.lesion.delta_mu, scene.rng), scene.lesion.footprint
 
 
+# --------------------------------------------------------------------------- more MVFA organs
+
+
+def render_oct_case(abnormal: bool, seed: int | Sequence[int], size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+    r"""An OCT-like retinal B-scan ``(uint8 image, bool mask)``; abnormal cases carry a fluid pocket.
+
+    The retina lies below a smooth random surface :math:`y_0(x)` (a random low-order curve plus
+    smooth noise); below it, bands of alternating reflectivity at fixed depths (nerve fibre,
+    plexiform and photoreceptor-like layers) whose boundaries follow the surface, over a dark
+    vitreous. The intensity is multiplied by gamma-distributed speckle (shape 4) and blurred. A
+    *fluid* anomaly is a hyporeflective ellipse (intensity x 0.15) inside the band region, 10-16 %
+    of the image wide and 5-9 % high; its footprint is the mask.
+    """
+    if size < MIN_SIZE:
+        raise SyntheticBenchmarkError(f"image size {size} is too small: use at least {MIN_SIZE} pixels")
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:size, 0:size].astype(float)
+    x = np.linspace(-1.0, 1.0, size)
+    curvature, tilt = rng.uniform(0.05, 0.15), rng.uniform(-0.05, 0.05)
+    surface = size * (0.35 + tilt * x + curvature * x**2) + 0.01 * size * _smooth_noise(rng, size, size / 8)[0]
+    depth = (rows - surface[None, :]) / size
+    bands = np.zeros((size, size))
+    for top, bottom, level in ((0.0, 0.05, 0.9), (0.05, 0.12, 0.45), (0.12, 0.16, 0.7), (0.16, 0.24, 0.35),
+                               (0.24, 0.27, 1.0), (0.27, 0.31, 0.6)):
+        bands = np.where((depth >= top) & (depth < bottom), level, bands)
+    bands = np.where(depth >= 0.31, 0.25 * np.exp(-(depth - 0.31) * 12), bands) + 0.03
+    mask = np.zeros((size, size), dtype=bool)
+    if abnormal:
+        col = rng.uniform(0.25, 0.75) * size
+        half_width, half_height = rng.uniform(0.05, 0.08) * size, rng.uniform(0.025, 0.045) * size
+        row = surface[int(col)] + rng.uniform(0.08, 0.2) * size
+        mask = ((rows - row) / half_height) ** 2 + ((cols - col) / half_width) ** 2 <= 1.0
+        bands = np.where(mask, 0.15 * bands, bands)
+    speckle = rng.gamma(4.0, 1 / 4.0, (size, size))
+    image = ndimage.gaussian_filter(bands * speckle, sigma=0.7)
+    return _to_uint8(image), mask
+
+
+_HISTO_BACKGROUND = np.array([0.93, 0.78, 0.86])
+_HISTO_NUCLEUS = np.array([0.35, 0.2, 0.55])
+
+
+def render_histology_case(
+    abnormal: bool, seed: int | Sequence[int], size: int = 224
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""A histology-like RGB tile ``(uint8 HxWx3, bool mask)``; abnormal tiles carry a focus of atypia.
+
+    Pink stroma (eosin-like, with smooth texture) holds round purple nuclei (haematoxylin-like)
+    of radius 1.2-2 % of the tile at random positions, about one per :math:`(0.06\,\text{size})^2`.
+    An *atypia* focus is a disc of radius 12-18 % of the tile in which nuclei are twice as dense,
+    1.6-2x larger and darker; the disc is the mask.
+    """
+    if size < MIN_SIZE:
+        raise SyntheticBenchmarkError(f"image size {size} is too small: use at least {MIN_SIZE} pixels")
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:size, 0:size].astype(float)
+    stain = np.zeros((size, size))
+    count = int(round((size / (0.06 * size)) ** 2))
+    centres = rng.uniform(0, size, (count, 2))
+    radii = rng.uniform(0.012, 0.02, count) * size
+    darkness = np.full(count, 0.8)
+    mask = np.zeros((size, size), dtype=bool)
+    if abnormal:
+        focus = rng.uniform(0.3, 0.7, 2) * size
+        focus_radius = rng.uniform(0.12, 0.18) * size
+        mask = np.hypot(rows - focus[0], cols - focus[1]) <= focus_radius
+        inside = np.hypot(*(centres - focus).T) <= focus_radius
+        radii[inside] *= rng.uniform(1.6, 2.0, int(inside.sum()))
+        darkness[inside] = 1.0
+        extra_count = max(1, int(inside.sum()))
+        angle, spread = rng.uniform(0, 2 * np.pi, extra_count), focus_radius * np.sqrt(rng.uniform(0, 1, extra_count))
+        extra = focus + np.column_stack([spread * np.sin(angle), spread * np.cos(angle)])
+        centres = np.concatenate([centres, extra])
+        radii = np.concatenate([radii, rng.uniform(0.02, 0.035, extra_count) * size])
+        darkness = np.concatenate([darkness, np.ones(extra_count)])
+    for (row, col), radius, dark in zip(centres, radii, darkness, strict=True):
+        top, bottom = max(0, int(row - radius - 1)), min(size, int(row + radius + 2))
+        left, right = max(0, int(col - radius - 1)), min(size, int(col + radius + 2))
+        disc = np.clip(radius - np.hypot(rows[top:bottom, left:right] - row, cols[top:bottom, left:right] - col) + 0.5, 0, 1)
+        stain[top:bottom, left:right] = np.maximum(stain[top:bottom, left:right], dark * disc)
+    texture = 1.0 + 0.05 * _smooth_noise(rng, size, size / 30)
+    image = (_HISTO_BACKGROUND * texture[..., None]) * (1 - stain[..., None]) + _HISTO_NUCLEUS * stain[..., None]
+    image = ndimage.gaussian_filter(image, sigma=(0.6, 0.6, 0)) + rng.normal(0.0, 0.01, image.shape)
+    return _to_uint8(image), mask
+
+
+def render_mvfa_case(obj: str, lesion: str, seed: int | Sequence[int], size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, mask)`` of one case of MVFA object ``obj`` (:data:`MVFA_ORGANS`) with ``lesion``
+    (``normal`` or one of the object's anomaly types)."""
+    if obj not in MVFA_ORGANS:
+        raise SyntheticBenchmarkError(f"unknown synthetic MVFA object {obj!r}: use one of {', '.join(MVFA_ORGANS)}")
+    kinds = MVFA_ORGANS[obj][1]
+    if lesion != NORMAL and lesion not in kinds:
+        raise SyntheticBenchmarkError(f"{obj} has no anomaly {lesion!r}: use normal or {', '.join(kinds)}")
+    if obj == MVFA_OBJECT:
+        return render_ct_case(lesion, seed, size)
+    if obj == RETINA_OBJECT:
+        return render_oct_case(lesion != NORMAL, seed, size)
+    return render_histology_case(lesion != NORMAL, seed, size)
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -359,38 +477,52 @@ def _write_kmat(root: Path, seed: int, n_per_class: int, size: int, bar: tqdm) -
 def _write_mvfa(
     root: Path, seed: int, n_per_class: int, size: int, bar: tqdm
 ) -> tuple[dict, tuple[int, ...]]:
-    """CT cases as ``<Obj>_AD/{valid,test}/{good,Ungood}/img/NNNNN.png`` plus few-shot lists.
+    """Every object of :data:`MVFA_ORGANS` as ``<Obj>_AD/{valid,test}/{good,Ungood}/img/NNNNN.png``
+    plus few-shot lists.
 
-    Masks are ``Ungood/anomaly_mask/<same name>``; abnormal cases alternate nodule and opacity.
-    ``fewshot_seed/<Obj>/<k>-shot.txt`` holds ``a-0: <k abnormal names>`` and ``n-0: <k normal
-    names>`` from the valid split, as in MVFA-AD; the k-shot sets are nested prefixes of one
-    seeded permutation, for every k in 1, 2, 4, 8, 16 that the valid split can supply.
+    Masks are ``Ungood/anomaly_mask/<same name>``; abnormal cases cycle through the object's
+    anomaly types (the phantom: nodule and opacity). ``fewshot_seed/<Obj>/<k>-shot.txt`` holds
+    ``a-0: <k abnormal names>`` and ``n-0: <k normal names>`` from the valid split, as in MVFA-AD;
+    the k-shot sets are nested prefixes of one seeded permutation, for every k in 1, 2, 4, 8, 16
+    that the valid split can supply. Returns the counts per object and the shots.
     """
-    object_dir = root / f"{MVFA_OBJECT}_AD"
     plan = _mvfa_plan(n_per_class)
+    counts = {}
+    shots = tuple(k for k in (1, 2, 4, 8, 16) if k <= plan["valid"])
+    for obj_id, obj in enumerate(MVFA_ORGANS):
+        _write_mvfa_object(root, obj, obj_id, seed, plan, shots, size, bar)
+        counts[obj] = {split: {"good": count, "Ungood": count} for split, count in plan.items()}
+    return counts, shots
+
+
+def _write_mvfa_object(
+    root: Path, obj: str, obj_id: int, seed: int, plan: dict[str, int], shots: tuple[int, ...], size: int, bar: tqdm
+) -> None:
+    object_dir = root / f"{obj}_AD"
+    kinds = MVFA_ORGANS[obj][1]
     names: dict[str, list[str]] = {"good": [], "Ungood": []}
+    # the phantom keeps the stream it always had, so its files stay byte-identical
+    stream = (_MVFA_STREAM,) if obj_id == 0 else (_MVFA_STREAM, 10 + obj_id)
     for split_id, (split, count) in enumerate(plan.items()):
         for index in range(2 * count):
             normal = index < count
-            lesion = NORMAL if normal else (NODULE, OPACITY)[index % 2]
-            ct, mask = render_ct_case(lesion, (seed, _MVFA_STREAM, split_id, index), size)
+            lesion = NORMAL if normal else kinds[index % len(kinds)]
+            image, mask = render_mvfa_case(obj, lesion, (seed, *stream, split_id, index), size)
             folder = object_dir / split / ("good" if normal else "Ungood")
             name = f"{index:05d}.png"
-            _save_png(folder / "img" / name, ct)
+            _save_png(folder / "img" / name, image)
             if not normal:
                 _save_mask(folder / "anomaly_mask" / name, mask)
             if split == "valid":
                 names["good" if normal else "Ungood"].append(name)
             bar.update()
-    rng = np.random.default_rng((seed, _MVFA_STREAM, len(plan)))
+    rng = np.random.default_rng((seed, *stream, len(plan)))
     order = {group: [found[i] for i in rng.permutation(len(found))] for group, found in names.items()}
-    shots = tuple(k for k in (1, 2, 4, 8, 16) if k <= plan["valid"])
-    fewshot_dir = root / "fewshot_seed" / MVFA_OBJECT
+    fewshot_dir = root / "fewshot_seed" / obj
     fewshot_dir.mkdir(parents=True, exist_ok=True)
     for k in shots:
         lines = [f"a-0: {' '.join(order['Ungood'][:k])}", f"n-0: {' '.join(order['good'][:k])}"]
         (fewshot_dir / f"{k}-shot.txt").write_text("\n".join(lines) + "\n")
-    return {split: {"good": count, "Ungood": count} for split, count in plan.items()}, shots
 
 
 def _write_mvtec(root: Path, seed: int, n_per_class: int, size: int, bar: tqdm) -> dict:
@@ -446,7 +578,8 @@ def _write_manifest(root: Path, settings: dict, datasets: dict | None) -> None:
             "Synthetic medical-like benchmark: Shepp-Logan head phantoms with random affine + elastic "
             "variation; classes normal / nodule (focal round lesions) / opacity (diffuse ground-glass "
             "region), lesion masks for abnormal cases; the same cases as CT-like slices (high-end) and "
-            "X-ray-like projections (low-end). Not clinical data."
+            "X-ray-like projections (low-end). The MVFA layout also holds an OCT-like retina (fluid "
+            "pockets) and a histology-like tissue (foci of nuclear atypia), with masks. Not clinical data."
         ),
         **settings,
         "complete": datasets is not None,
@@ -467,8 +600,8 @@ def write_synthetic_benchmark(
 
     ``n_per_class`` cases per lesion class per modality go to the K-MaT pair (40 % test, 10 % val,
     rest train); the MVFA object gets ``n_per_class // 2`` normal and abnormal valid cases and
-    ``n_per_class`` of each in test; the MVTec category gets ``n_per_class`` training normals and
-    ``n_per_class // 2`` test images per class; the defaults write 280 PNGs (masks included).
+    ``n_per_class`` of each in test (and so do the other MVFA organs); the MVTec category gets ``n_per_class`` training normals and
+    ``n_per_class // 2`` test images per class; the defaults write 460 PNGs (masks included).
     The same arguments always give byte-identical files. ``out_dir`` must be new, empty, or a
     previous output of this function (recognised by its ``manifest.json``), which is replaced.
     """
@@ -484,7 +617,7 @@ def write_synthetic_benchmark(
     _write_manifest(root, settings, None)
     n_cases = (
         len(LESION_CLASSES) * n_per_class
-        + 2 * sum(_mvfa_plan(n_per_class).values())
+        + 2 * len(MVFA_ORGANS) * sum(_mvfa_plan(n_per_class).values())
         + sum(count for *_, count in _mvtec_plan(n_per_class))
     )
     with tqdm(total=n_cases, desc="synthetic benchmark", unit="case", disable=not progress) as bar:
@@ -508,7 +641,11 @@ def write_synthetic_benchmark(
             "object": MVFA_OBJECT,
             "modality": HIGH_END,
             "shots": list(shots),
-            "counts": mvfa_counts,
+            "counts": mvfa_counts[MVFA_OBJECT],
+            "objects": {
+                obj: {"modality": modality, "anomalies": list(kinds), "counts": mvfa_counts[obj]}
+                for obj, (modality, kinds) in MVFA_ORGANS.items()
+            },
         },
         "mvtec": {
             "layout": "mvtec",

@@ -224,13 +224,16 @@ class ProbeTask(TrainingTask):
         self.multilabel = multilabel
         self.body = body
         self.head = nn.Linear(dim, len(classes))
+        # features are standardised before the head (linear probe: training statistics; else 0 / 1)
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("feature_std", torch.ones(dim))
         self.classes = tuple(classes)
         self.val_inputs, self.val_labels = val
         self.meta = meta
 
     def logits(self, inputs: Tensor) -> Tensor:
         features = inputs if self.body is None else self.body(inputs)
-        return self.head(features)
+        return self.head((features - self.feature_mean) / self.feature_std)
 
     def training_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         inputs, labels = batch
@@ -312,11 +315,14 @@ class ProbeResult:
     val_auroc: float | None
     train_images: int
     history: list[dict[str, float]] = field(default_factory=list)
+    #: the trained classifier (the kept state), for saving
+    classifier: ProbeTask | None = None
 
 
-def _standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
-    mean, std = train.mean(0), train.std(0).clamp_min(1e-6) if len(train) > 1 else torch.ones(train.shape[1])
-    return [(t - mean) / std for t in (train, *others)]
+def _statistics(train: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and standard deviation of the training features (std 1 for one row)."""
+    std = train.std(0).clamp_min(1e-6) if len(train) > 1 else torch.ones(train.shape[1])
+    return train.mean(0), std
 
 
 def run_probe(
@@ -337,12 +343,14 @@ def run_probe(
     (fine-tune, with ``body_factory()`` giving a fresh trainable encoder)."""
     train_x, train_y = inputs["train"][list(fraction_indices)], labels["train"][list(fraction_indices)]
     val_x, test_x = inputs["val"], inputs["test"]
-    if run.mode == "linear":
-        train_x, val_x, test_x = _standardise(train_x, val_x, test_x)
     seed_everything(seed)
     body = None if run.mode == "linear" else body_factory()
     dim = train_x.shape[1] if body is None else _output_dim(body, train_x[:2])
     task = ProbeTask(body, dim, classes, (val_x, labels["val"]), dict(meta or {}, mode=run.mode), multilabel)
+    if body is None:
+        mean, std = _statistics(train_x)
+        task.feature_mean.copy_(mean)
+        task.feature_std.copy_(std)
     config = TrainConfig(
         epochs=run.epochs,
         optimizer="adamw",
@@ -362,7 +370,7 @@ def run_probe(
         metrics = multilabel_metrics(labels["test"].numpy(), probabilities, classes)
     else:
         metrics = classification_metrics(labels["test"].numpy(), probabilities)
-    return ProbeResult(fraction, seed, metrics, result.best_epoch, result.best_score, len(train_x), result.history)
+    return ProbeResult(fraction, seed, metrics, result.best_epoch, result.best_score, len(train_x), result.history, task)
 
 
 @torch.no_grad()

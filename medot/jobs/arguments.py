@@ -12,6 +12,7 @@ value that starts with ``-`` from being read as an option.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,10 +31,11 @@ KMAT_PAPER_TASKS = ("skin_midas", "skin_derm7pt", "breast", "chest")
 class Argument:
     """One accepted argument. ``kind``: "int"/"float" (within [``minimum``, ``maximum``]),
     "choice" (one of ``choices``), "flag" (a bool; True passes ``--name``), "path" (inside the data
-    root) or "dataset" (a path inside the data root, :data:`SYNTHETIC`, or one of ``choices``:
-    named datasets such as K-MaT's paper tasks)."""
+    root), "dataset" (a path inside the data root, :data:`SYNTHETIC`, or one of ``choices``:
+    named datasets such as K-MaT's paper tasks) or "name" (a folder name such as an MVFA object:
+    letters, digits, ``_``, ``-``, ``.``, not starting with ``-`` or ``.``)."""
 
-    kind: Literal["int", "float", "choice", "flag", "path", "dataset"]
+    kind: Literal["int", "float", "choice", "flag", "path", "dataset", "name"]
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
@@ -74,6 +76,13 @@ METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
         "preset": Argument("choice", choices=("auto", "paper", "cpu")),
         "plan_budget": Argument("int", 1, 2**40),
         "init": Argument("choice", choices=("data", "uniform")),
+    },
+    "madpot": {
+        **TRAIN_ARGUMENTS,
+        "object": Argument("name"),
+        "shots": Argument("int", 1, 1024),
+        "method": Argument("choice", choices=("madpot", "mvfa")),
+        "lr": Argument("float", 1e-8, 10.0),
     },
     "optiml": {  # pretrains its own encoder: no --backbone
         **{name: argument for name, argument in TRAIN_ARGUMENTS.items() if name != "backbone"},
@@ -152,6 +161,10 @@ def _check(name: str, value: Any, argument: Argument, data_root: Path) -> Any:
         return value
     if not isinstance(value, str):
         raise JobError(f"{name} must be text, got {value!r}")
+    if argument.kind == "name":
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", value):
+            raise JobError(f"{name} must be a folder name (letters, digits, _ - .), got {value!r}")
+        return value
     if argument.kind == "choice":
         if value not in argument.choices:
             raise JobError(f"{name} must be one of {', '.join(argument.choices)}, got {value!r}")
@@ -159,7 +172,11 @@ def _check(name: str, value: Any, argument: Argument, data_root: Path) -> Any:
     if argument.kind == "dataset" and (value == SYNTHETIC or value in argument.choices):
         return value
     path = confine_path(value, data_root)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as error:  # e.g. a name longer than the file system allows
+        raise JobError(f"{name}: {value[:80]!r} cannot be used as a path: {(error.strerror or 'invalid').lower()}") from None
+    if not exists:
         raise JobError(f"{name}: {path} does not exist under the data root {data_root}")
     return str(path)
 

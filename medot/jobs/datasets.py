@@ -5,8 +5,10 @@ later in its worker with "exited with status 2". The check indexes files (no pix
 backbone loaded) with the same functions the method's command uses:
 
 * ``kmat`` - :func:`medot.methods.prompt_learning.crossmodal.resolve_task`: a paper task name
-  (its folders must exist under the data root) or a task JSON file (parsed, every path it names
-  confined to the data root); a plain image folder is not a cross-modal task;
+  (its folders must exist under the data root), a task folder (``<high>/{train,val,test}/<class>/``
+  + ``<low>/test/<class>/``, every split's class checks run at training time) or a task JSON file
+  (parsed, every path it names confined to the data root); a plain image folder is not a
+  cross-modal task; with descriptions when the chosen method needs them;
 * ``pradot`` - :func:`medot.methods.pradot.data.anomaly_classes` and ``load_anomaly_splits``: an
   MVTec AD / MVFA folder holding one category or object (a job has no ``--category``).
 
@@ -15,8 +17,9 @@ backbone loaded) with the same functions the method's command uses:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from medot.config import Settings
 from medot.errors import MedotError
@@ -24,22 +27,28 @@ from medot.jobs.arguments import SYNTHETIC
 from medot.jobs.registry import JobError
 
 
-def _kmat(dataset: str, home: Path, data_root: Path) -> None:
-    from medot.methods.prompt_learning.crossmodal import PAPER_TASKS, resolve_task
+def _kmat(arguments: Mapping[str, Any], home: Path, data_root: Path) -> None:
+    from medot.methods.prompt_learning.crossmodal import FOLDER_LAYOUT, PAPER_TASKS, TaskError, resolve_task
 
-    if Path(dataset).is_dir():
+    dataset = arguments["dataset"]
+    settings = Settings(home=home, data_root=data_root, backbone="auto")
+    try:
+        task = resolve_task(dataset, settings, descriptions=arguments.get("descriptions"))
+    except TaskError as error:
+        if not Path(dataset).is_dir():
+            raise
         raise JobError(
             f"K-MaT trains on a cross-modal task, not on one folder ({dataset}): choose 'synthetic', a paper task "
-            f"({', '.join(PAPER_TASKS)}) or a task JSON file under the data root (format: docs/methods/kmat.md)"
-        )
-    task = resolve_task(dataset, Settings(home=home, data_root=data_root, backbone="auto"))
-    if not task.classes:
-        raise JobError(f"the task {task.name!r} has no classes")
+            f"({', '.join(PAPER_TASKS)}), a task folder {FOLDER_LAYOUT}, or a task JSON file under the data root "
+            f"(format: docs/methods/kmat.md); {error}"
+        ) from None
+    task.require_descriptions(arguments.get("method", "kmat"))
 
 
-def _pradot(dataset: str, home: Path, data_root: Path) -> None:  # noqa: ARG001 - same signature as the others
+def _pradot(arguments: Mapping[str, Any], home: Path, data_root: Path) -> None:  # noqa: ARG001 - same signature
     from medot.methods.pradot.data import anomaly_classes, load_anomaly_splits
 
+    dataset = arguments["dataset"]
     layout, names = anomaly_classes(dataset)
     if len(names) != 1:
         raise JobError(
@@ -50,17 +59,21 @@ def _pradot(dataset: str, home: Path, data_root: Path) -> None:  # noqa: ARG001 
         raise JobError(f"{dataset}: no normal training images for {names[0]!r}")
 
 
-DATASET_CHECKS: dict[str, Callable[[str, Path, Path], None]] = {"kmat": _kmat, "pradot": _pradot}
+DATASET_CHECKS: dict[str, Callable[[Mapping[str, Any], Path, Path], None]] = {"kmat": _kmat, "pradot": _pradot}
 
 
-def check_job_dataset(method: str, dataset: str | None, home: Path, data_root: Path) -> None:
-    """Raise :class:`JobError` saying why a ``method`` job could not read ``dataset`` (a checked
-    argument: ``synthetic``, a paper task name or an absolute path inside the data root)."""
+def check_job_dataset(method: str, arguments: Mapping[str, Any] | str | None, home: Path, data_root: Path) -> None:
+    """Raise :class:`JobError` saying why a ``method`` job with the checked ``arguments`` (or just
+    its dataset) could not read its ``dataset`` (``synthetic``, a paper task name or an absolute
+    path inside the data root)."""
+    if not isinstance(arguments, Mapping):
+        arguments = {"dataset": arguments}
     check = DATASET_CHECKS.get(method)
+    dataset = arguments.get("dataset")
     if check is None or dataset is None or dataset == SYNTHETIC:
         return
     try:
-        check(dataset, home, data_root)
+        check(arguments, home, data_root)
     except JobError:
         raise
     except MedotError as error:

@@ -5,7 +5,8 @@ list, no shell; stdout and stderr to ``<job dir>/train.log``; progress through t
 :mod:`medot.jobs.protocol`), so heavy training never runs in the app process and a crashing job
 cannot take the app down. Its exit decides its status:
 
-* stopped by :meth:`JobManager.cancel` -> cancelled (its resumable state stays);
+* stopped by :meth:`JobManager.cancel` -> cancelled (its resumable state stays), unless it had
+  already finished: a cancel arriving after the model was written leaves the job done;
 * exited 0 having written ``model.safetensors`` -> done (``checkpoint_path`` = that file);
 * stopped by a signal from outside (exit 75 or 130, or killed by one) -> interrupted;
 * any other exit status -> failed (``error`` = the reason its log gives on the first line, then
@@ -109,7 +110,7 @@ class JobManager:
         :func:`~medot.jobs.arguments.validate_arguments`, its dataset by
         :func:`~medot.jobs.datasets.check_job_dataset`) and start it if a slot is free."""
         arguments = validate_arguments(method, args, self.data_root, self.methods)
-        check_job_dataset(method, arguments.get("dataset"), self.home, self.data_root)
+        check_job_dataset(method, arguments, self.home, self.data_root)
         job_id = self.registry.create(method, arguments, self.jobs_dir, max_active=self.max_active).id
         self.refresh()
         return job_id
@@ -192,13 +193,10 @@ class JobManager:
         if not ended:
             return
         self._children.pop(record.id, None)
-        cancelled = self.registry.get(record.id).cancel_requested  # may be flagged after the listing
-        if cancelled:
+        outcome = self._judge_by_events(record) if code is None else self._judge_by_exit(record, code)
+        # a cancel that arrives after the job finished (its model written) changes nothing: done stays done
+        if outcome.status != "done" and self.registry.get(record.id).cancel_requested:  # may be flagged late
             outcome = _Outcome("cancelled")
-        elif code is None:
-            outcome = self._judge_by_events(record)
-        else:
-            outcome = self._judge_by_exit(record, code)
         self.registry.finish(
             record.id, record.attempts, outcome.status, error=outcome.error, checkpoint_path=outcome.checkpoint
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -70,8 +72,14 @@ class TrainConfig:
             raise ValueError(f"warmup must be 'constant' or 'linear', got {self.warmup!r}")
         if self.epochs < 1 or not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs < epochs, got {self.epochs}, {self.warmup_epochs}")
-        if self.lr <= 0 or self.checkpoint_every < 1 or self.event_every_steps < 1:
-            raise ValueError("lr must be > 0 and checkpoint_every, event_every_steps >= 1")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "momentum", "warmup_lr", "min_lr", "min_delta"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.checkpoint_every < 1 or self.event_every_steps < 1:
+            raise ValueError("checkpoint_every and event_every_steps must be >= 1")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.checkpoint_dir is not None:

@@ -12,8 +12,10 @@ cross-modal cost :math:`M` ``[N_H, N_L]`` and the intra-modal structures :math:`
 :math:`D^L` ``[N_L, N_L]`` are given, one panel each (two per row: :math:`\Gamma, M` then
 :math:`D^H, D^L`), each with its own colour scale. Row 0 is at the top, as in the matrix. The hover
 shows the row class, the column class and the value; matrices of at most ``max_annotated_cells``
-cells also print their values in the cells. The title carries the FGW value, :math:`\alpha` and
-:math:`\varepsilon` passed in.
+cells also print their values in the cells. Every number (cells, hover, title) is printed in one
+format, :data:`NUMBER_FORMAT`; each colour bar is titled with its matrix's symbol; a caption under
+the panels says how to read :math:`\Gamma` (:data:`HOW_TO_READ_PLAN`). The title carries the FGW
+value, :math:`\alpha` and :math:`\varepsilon` passed in.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from medot.viz._inputs import VisualizationError, as_finite, as_finite_number, a
 PLAN_COLORSCALE = "Viridis"
 COST_COLORSCALE = "Cividis"
 _COLORBAR_GAP = 0.01
+NUMBER_FORMAT = ".3f"
+HOW_TO_READ_PLAN = (
+    "How to read Γ: rows are {high} classes, columns {low} classes; Γ<sub>ij</sub> is the share of mass "
+    "matched between class i and class j (each row and each column sums to 1/C).<br>A bright diagonal means each "
+    "class's {high} prompt is matched to the same class's {low} prompt; off-diagonal mass shows classes the "
+    "two modalities confuse."
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +107,7 @@ def coupling_heatmaps(
         cols=n_cols,
         subplot_titles=[p.title for p in panels],
         horizontal_spacing=0.22,
-        vertical_spacing=0.22,
+        vertical_spacing=0.26,
     )
     for k, panel in enumerate(panels):
         row, col = divmod(k, n_cols)
@@ -109,10 +118,10 @@ def coupling_heatmaps(
                 x=list(panel.cols),
                 y=list(panel.rows),
                 coloraxis=f"coloraxis{k + 1}",
-                texttemplate="%{z:.3g}" if annotate else None,
+                texttemplate=f"%{{z:{NUMBER_FORMAT}}}" if annotate else None,
                 hovertemplate=(
                     f"{panel.row_axis}: %{{y}}<br>{panel.col_axis}: %{{x}}<br>"
-                    f"{panel.symbol} = %{{z:.4g}}<extra></extra>"
+                    f"{panel.symbol} = %{{z:{NUMBER_FORMAT}}}<extra></extra>"
                 ),
             ),
             row=row + 1,
@@ -137,9 +146,17 @@ def coupling_heatmaps(
                 "y": (y_domain[0] + y_domain[1]) / 2,
                 "len": y_domain[1] - y_domain[0],
                 "thickness": 12,
+                "title": {"text": panels[k].symbol, "side": "right"},
+                "tickformat": NUMBER_FORMAT,
             },
         }
-    fig.update_layout(title=_title(title, fgw_value, alpha, epsilon))
+    fig.update_layout(title=_title(title, fgw_value, alpha, epsilon), height=380 * n_rows + 120,
+                      margin={"b": 110})
+    fig.add_annotation(
+        text=HOW_TO_READ_PLAN.format(high=high_name, low=low_name), xref="paper", yref="paper", x=0.0, y=0.0,
+        yshift=-95, xanchor="left", yanchor="bottom", showarrow=False, align="left", font={"size": 12},
+        name="how-to-read",
+    )
     return fig
 
 
@@ -161,5 +178,5 @@ def _title(title: str, fgw_value: Any, alpha: Any, epsilon: Any) -> str:
     parts = [title]
     for label, value in (("FGW", fgw_value), ("α", alpha), ("ε", epsilon)):
         if value is not None:
-            parts.append(f"{label} = {as_finite_number(value, label):.4g}")
+            parts.append(f"{label} = {as_finite_number(value, label):{NUMBER_FORMAT}}")
     return " · ".join(parts)

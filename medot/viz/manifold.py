@@ -36,9 +36,15 @@ without :math:`\mathcal{L}_{fgw}`) embeds all their rows in ONE projection and d
 set with shared axis ranges, so positions are comparable across panels.
 
 **Figure encoding.** Colour = class; marker shape = kind; marker fill = modality (filled, open,
-dotted, open-dotted, in order of first appearance; a fifth modality reuses the fills, and the
-legend names every trace). One trace per (class, kind, modality) per panel; the hover text gives
-class, modality, kind and, for points with one, the text.
+dotted, open-dotted, in order of first appearance; a fifth modality reuses the fills). One trace per
+(class, kind, modality) per panel (``meta="points"``); the hover text gives class, modality, kind
+and, for points with one, the text. The legend explains each encoding once, in three groups
+(class by colour, kind by marker, modality by fill: ``meta="legend"`` entries holding no point);
+clicking a kind hides or shows every point of that kind. Kinds in ``faded`` (descriptions by
+default) are drawn small and translucent so prompts and anchors stand out; ``links`` pairs of kinds
+(e.g. prompt -> anchor) are joined by a thin line per (class, modality) (``meta="links"``). Axes
+are titled "<method> 1 / 2" (a projection's axes have no units). A map of at most
+:data:`FEW_POINTS` distinct points carries a warning: so few points have little structure to show.
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ Method = Literal["tsne", "umap"]
 METHODS: tuple[str, ...] = ("tsne", "umap")
 MIN_DISTINCT_POINTS = 4
 EXACT_TSNE_MAX_POINTS = 500
+FEW_POINTS = 15
+"""At or below this many distinct points a 2-D projection is flagged as showing little."""
+METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 CLASS_COLOURS: tuple[str, ...] = tuple(qualitative.Dark24)
 KIND_SYMBOLS: tuple[str, ...] = ("circle", "diamond", "square", "triangle-up", "star", "cross", "x")
@@ -245,11 +254,15 @@ def manifold_figure(
     perplexity: float = 30.0,
     n_neighbors: int = 15,
     title: str = "Prompt manifold",
+    links: Sequence[tuple[str, str]] = (),
+    faded: Sequence[str] = ("description",),
 ) -> go.Figure:
     """Map one set, or several side by side in one joint projection, as a plotly figure.
 
     ``titles`` names the panels (default ``"set 1"``, ``"set 2"``, ... when there are several).
-    The figure title adds the projection's :meth:`Projection.describe`.
+    The figure title adds the projection's :meth:`Projection.describe`. ``links``: pairs of kinds
+    joined per (class, modality), e.g. ``[("prompt", "anchor")]``; ``faded``: kinds drawn small
+    and translucent (module docstring).
     """
     sets = [sets] if isinstance(sets, EmbeddingSet) else list(sets)
     if not sets or not all(isinstance(s, EmbeddingSet) for s in sets):
@@ -269,7 +282,6 @@ def manifold_figure(
     )
     panels = np.split(projection.points, np.cumsum([len(s) for s in sets])[:-1])
     style = _Style.for_sets(sets)
-
     fig = make_subplots(
         rows=1,
         cols=len(sets),
@@ -278,36 +290,100 @@ def manifold_figure(
         shared_yaxes="all",
         horizontal_spacing=0.04,
     )
-    shown: set[_Key] = set()
     for col, (embedding_set, points) in enumerate(zip(sets, panels), start=1):
+        for kind_from, kind_to in links:
+            fig.add_trace(_link_trace(embedding_set, points, kind_from, kind_to, first=col == 1), row=1, col=col)
         for key, rows in _groups(embedding_set, style):
+            faint = key[1] in faded
             fig.add_trace(
                 go.Scatter(
                     x=points[rows, 0],
                     y=points[rows, 1],
                     mode="markers",
                     name=f"{key[0]} · {key[1]} ({key[2]})",
-                    legendgroup="|".join(key),
-                    showlegend=key not in shown,
+                    legendgroup=f"kind:{key[1]}",
+                    showlegend=False,
+                    opacity=0.35 if faint else 1.0,
                     marker={
                         "color": style.colour(key[0]),
                         "symbol": style.symbol(key[1], key[2]),
-                        "size": 10,
+                        "size": 7 if faint else 11,
+                        "line": {"width": 1, "color": style.colour(key[0])},
                     },
                     hovertext=[_hover(embedding_set, r) for r in rows],
                     hoverinfo="text",
+                    meta="points",
                 ),
                 row=1,
                 col=col,
             )
-            shown.add(key)
+    for trace in _legend_traces(style):
+        fig.add_trace(trace, row=1, col=1)
     x, y = projection.points.T
-    fig.update_xaxes(range=_padded_range(x), showticklabels=False, zeroline=False)
+    name = METHOD_NAMES.get(projection.method, projection.method)
+    fig.update_xaxes(range=_padded_range(x), showticklabels=False, zeroline=False, title_text=f"{name} 1")
     fig.update_yaxes(range=_padded_range(y), showticklabels=False, zeroline=False)
+    fig.update_yaxes(title_text=f"{name} 2", row=1, col=1)
+    distinct = len(np.unique(projection.points.round(9), axis=0))
     fig.update_layout(
-        title=f"{title} — {projection.describe()}", legend_title_text="class · kind (modality)"
+        title=f"{title} — {projection.describe()}",
+        legend={"groupclick": "togglegroup", "tracegroupgap": 12, "itemsizing": "constant"},
+        height=560,
+        margin={"t": 90},
     )
+    if distinct <= FEW_POINTS:
+        fig.add_annotation(
+            text=f"Only {distinct} distinct points: a 2-D projection of so few shows little structure; "
+            "do not read distances into it.",
+            xref="paper", yref="paper", x=0.0, y=1.0, yanchor="bottom", yshift=28, showarrow=False,
+            font={"color": "#b45309"}, align="left", name="few-points",
+        )
     return fig
+
+
+def _legend_traces(style: _Style) -> list[go.Scatter]:
+    """Legend-only entries (no points): class = colour, kind = marker, modality = fill."""
+    traces = []
+
+    def entry(name: str, group: str, title: str, first: bool, marker: dict[str, Any]) -> go.Scatter:
+        return go.Scatter(
+            x=[None], y=[None], mode="markers", name=name, legendgroup=group, showlegend=True,
+            legendgrouptitle_text=title if first else None, marker={"size": 11, **marker}, meta="legend",
+            hoverinfo="skip",
+        )
+
+    for k, class_name in enumerate(style.classes):
+        traces.append(entry(class_name, "class", "class (colour)", k == 0,
+                            {"color": style.colour(class_name), "symbol": "square"}))
+    for k, kind in enumerate(style.kinds):
+        traces.append(entry(kind, f"kind:{kind}", "kind (marker; click to hide)", k == 0,
+                            {"color": "#555", "symbol": style.symbol(kind, style.modalities[0])}))
+    for k, modality in enumerate(style.modalities):
+        traces.append(entry(modality, "modality", "modality (fill)", k == 0,
+                            {"color": "#555", "symbol": style.symbol(style.kinds[0], modality),
+                             "line": {"width": 1, "color": "#555"}}))
+    return traces
+
+
+def _link_trace(embedding_set: EmbeddingSet, points: np.ndarray, kind_from: str, kind_to: str, first: bool) -> go.Scatter:
+    """One line from each ``kind_from`` row to the first ``kind_to`` row of the same class and
+    modality (None-separated segments in one trace)."""
+    targets: dict[tuple[str, str], int] = {}
+    for r, (class_name, kind, modality) in enumerate(zip(embedding_set.classes, embedding_set.kind, embedding_set.modality)):
+        if kind == kind_to:
+            targets.setdefault((class_name, modality), r)
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for r, (class_name, kind, modality) in enumerate(zip(embedding_set.classes, embedding_set.kind, embedding_set.modality)):
+        target = targets.get((class_name, modality))
+        if kind == kind_from and target is not None:
+            xs += [float(points[r, 0]), float(points[target, 0]), None]
+            ys += [float(points[r, 1]), float(points[target, 1]), None]
+    return go.Scatter(
+        x=xs, y=ys, mode="lines", line={"color": "rgba(90, 90, 90, 0.55)", "width": 1.2},
+        name=f"{kind_from} → {kind_to}", legendgroup=f"link:{kind_from}:{kind_to}", showlegend=first,
+        legendgrouptitle_text="link" if first else None, hoverinfo="skip", meta="links",
+    )
 
 
 @dataclass(frozen=True)
@@ -369,3 +445,11 @@ def _check_same_dimension(sets: Sequence[EmbeddingSet]) -> None:
             f"The sets have vectors of different dimensions {dims}; they must come from one "
             "embedding space (the same backbone) to share a map."
         )
+
+
+def warm_up_umap(seed: int = 0) -> None:
+    """Run one tiny UMAP so numba compiles its kernels now, not on a user's first map (minutes on a
+    CPU). With ``NUMBA_CACHE_DIR`` set before numba is first imported, the compiled code is also
+    written there and later processes load it instead of compiling again."""
+    vectors = np.random.default_rng(seed).normal(size=(24, 8))
+    project(vectors, method="umap", seed=seed)

@@ -77,6 +77,11 @@ class RunConfig:
     device: str = "auto"
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("shots", "epochs", "batch_size", "views"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
     def train_config(self, checkpoint_dir: Path | None) -> TrainConfig:
         return TrainConfig(
             epochs=self.epochs,

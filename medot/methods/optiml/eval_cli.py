@@ -53,6 +53,11 @@ def register(commands: Any) -> None:
         parser.add_argument("--image-size", type=int, default=None, help="input size (default: the encoder's, 224)")
         parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
         parser.add_argument("--out", default=None, help="folder for eval.csv / eval.json (default: none written)")
+        parser.add_argument(
+            "--save-models", action="store_true",
+            help="also save every run's classifier (encoder + head) under --out/models, or $MEDOT_HOME/models/probe "
+            "without --out: the app's Classify tab lists them with their classes",
+        )
         parser.add_argument("--json", action="store_true", help="print the results as JSON")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
         parser.set_defaults(run=_run_eval)
@@ -84,26 +89,10 @@ def load_any_encoder(spec: str, seed: int = 0):
 def _images(records, size: int):
     import torch
 
+    from medot.methods.optiml.classifier import centre_crop
     from medot.methods.optiml.data import load_grey
 
-    tensors = []
-    for record in records:
-        image = load_grey(record.path, size)
-        h, w = image.shape[-2:]
-        top, left = (h - size) // 2, (w - size) // 2
-        tensors.append(image[:, top : top + size, left : left + size])
-    return torch.stack(tensors)
-
-
-class _Normalised(__import__("torch").nn.Module):
-    """Grey ``[B, 1, S, S]`` in [0, 1] -> encoder normalisation -> pooled features."""
-
-    def __init__(self, encoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, grey):
-        return self.encoder(self.encoder.normalize(grey)).mean(dim=(2, 3))
+    return torch.stack([centre_crop(load_grey(record.path, size), size) for record in records])
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -112,6 +101,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from medot.errors import MedotError
     from medot.eval.classification import summarise_seeds
     from medot.eval.probe import ProbeRun, is_nih_layout, label_fraction, load_labelled_splits, load_nih_splits, run_probe
+    from medot.methods.optiml.classifier import PooledGrey, save_classifier
     from medot.train.distributed import resolve_device
 
     if len(set(args.seeds)) != len(args.seeds) or any(s < 0 for s in args.seeds):
@@ -138,7 +128,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     grey = {split: _images(getattr(splits, split), size) for split in ("train", "val", "test")}
     labels = {split: splits.label_tensor(split) for split in ("train", "val", "test")}
     if args.mode == "linear":
-        body = _Normalised(encoder).to(device).eval()
+        body = PooledGrey(encoder).to(device).eval()
         with torch.no_grad():
             inputs = {
                 split: torch.cat([body(chunk.to(device)).cpu() for chunk in images.split(32)])
@@ -146,7 +136,12 @@ def _run_eval(args: argparse.Namespace) -> int:
             }
     else:
         inputs = grey
-    results = []
+    results, saved_models = [], []
+    if args.save_models:
+        from medot.config import Settings
+
+        stem = Path(args.encoder.removeprefix("encoder:")).parent.name or args.encoder
+        models_dir = Path(args.out) / "models" if args.out else Settings.from_env().models_dir / "probe" / f"{args.mode}-{stem}"
     for fraction in args.fractions:
         for seed in args.seeds:
             chosen = label_fraction(splits.train, len(splits.classes), fraction / 100, seed, splits.multilabel)
@@ -154,11 +149,18 @@ def _run_eval(args: argparse.Namespace) -> int:
             indices = [index[str(r.path)] for r in chosen]
             result = run_probe(
                 inputs, labels, splits.classes, indices, seed, run,
-                body_factory=lambda: _Normalised(copy.deepcopy(encoder)),
+                body_factory=lambda: PooledGrey(copy.deepcopy(encoder)),
                 meta={"method": f"{args.mode}-probe", "backbone": args.encoder}, fraction=fraction,
                 multilabel=splits.multilabel,
             )
             results.append(result)
+            if args.save_models:
+                trained = result.classifier.body.encoder if result.classifier.body is not None else encoder
+                saved = save_classifier(
+                    models_dir / f"{args.mode}-{fraction:g}pct-seed{seed}", result.classifier, trained, size,
+                    {"backbone": args.encoder, "fraction": fraction, "seed": seed, "metrics": result.metrics},
+                )
+                saved_models.append(str(saved))
             if not args.quiet and not args.json:
                 m = result.metrics
                 shown = (f"mean AUROC {m['mean_auroc']:.4f}" if splits.multilabel else
@@ -177,7 +179,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     summary = {f"{fraction:g}": summarise(fraction) for fraction in args.fractions}
     report = {"encoder": name, "mode": args.mode, "data": str(data), "classes": list(splits.classes),
-              "sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test")}, "runs": rows, "summary": summary}
+              "sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test")}, "runs": rows, "summary": summary,
+              "models": saved_models}
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -67,8 +67,9 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
 
     predict = commands.add_parser(
         PREDICT_COMMAND,
-        help="anomaly map (PNG + .npy), image score and calibrated verdict from a PRADOT or PatchCore model",
-        description="Score images with a PRADOT model (<out>/model) or its PatchCore baseline (<out>/patchcore). "
+        help="anomaly map (PNG + .npy), image score and calibrated verdict from a PRADOT, PatchCore, MADPOT or MVFA model",
+        description="Score images with a PRADOT model (<out>/model) or its PatchCore baseline (<out>/patchcore), "
+        "or a MADPOT / MVFA model of `medot train madpot` (<out>/model). "
         "A model trained with held-out normals also reports each score's percentile among those normals and a "
         "verdict (anomalous above the normals' 99th percentile); the PNG shows the image, the map in units of the "
         "normals' 99th pixel percentile with the region above 1 outlined, and a colour bar.",
@@ -427,8 +428,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         elif method == PRADOT:
             save_overlay(png, view, anomaly_map)
         else:
+            unit = "distance" if method == "patchcore" else "score"
             Image.fromarray(anomaly_panel(view, anomaly_map, vmax=float(anomaly_map.max()) or 1.0, threshold=None,
-                                          unit="distance")).save(png, format="PNG")
+                                          unit=unit)).save(png, format="PNG")
         results.append(result)
     if args.json:
         print(json.dumps({"backbone": detector.backbone.name, "method": method, "calibrated": calibration is not None,

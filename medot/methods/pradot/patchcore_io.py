@@ -103,7 +103,7 @@ def load_anomaly_detector(
     *,
     device: torch.device | str | None = None,
 ) -> BackboneDetector:
-    """A PRADOT or PatchCore checkpoint, whichever ``path`` holds, as its detector."""
+    """A PRADOT, PatchCore, MADPOT or MVFA-baseline checkpoint, whichever ``path`` holds, as its detector."""
     from medot.methods.pradot.detector import METHOD as PRADOT
     from medot.methods.pradot.detector import PradotDetector, model_from_checkpoint
 
@@ -116,7 +116,13 @@ def load_anomaly_detector(
         model = patchcore_from_checkpoint(checkpoint)
         return PatchCoreDetector(model, checkpoint_backbone(checkpoint.meta, backbone, device, "PatchCore"),
                                  checkpoint.meta)
+    if method in ("madpot", "mvfa"):
+        from medot.methods.madpot.detector import MadpotDetector, checkpoint_text_backbone
+        from medot.methods.madpot.detector import model_from_checkpoint as madpot_from_checkpoint
+
+        owner = checkpoint_text_backbone(checkpoint.meta, backbone, device)
+        return MadpotDetector(madpot_from_checkpoint(checkpoint, owner), owner, checkpoint.meta)
     raise CheckpointError(
         f"{path} holds a {method!r} model; predict-anomaly reads PRADOT and PatchCore checkpoints "
-        "(<out>/model and <out>/patchcore of `medot train pradot`)"
+        "(<out>/model and <out>/patchcore of `medot train pradot`) and MADPOT / MVFA ones (`medot train madpot`)"
     )

@@ -161,7 +161,8 @@ class CrossModalTask:
                 f"{method} needs class descriptions and task {self.name!r} has none: pass --descriptions FILE, a "
                 f"JSON file {DESCRIPTION_FORMAT} with sentences for every class ({', '.join(self.classes)}) in "
                 f"{high!r} and {low!r} (example: {EXAMPLE_DESCRIPTIONS}; format: docs/descriptions.md). Without "
-                f"descriptions, zeroshot, coop, cocoop and kgcoop run (--methods zeroshot,coop,cocoop,kgcoop)"
+                f"descriptions, zeroshot, coop, cocoop and kgcoop run (train: --method coop, cocoop or kgcoop; benchmark: "
+                "--methods zeroshot,coop,cocoop,kgcoop)"
             )
 
     def high_end_data(self, shots: int, seed: int) -> HighEndData:

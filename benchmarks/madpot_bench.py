@@ -1,0 +1,173 @@
+"""MADPOT's cost in time and memory, and the synthetic MVFA table, with the ``lite`` backbone.
+
+Measurements, printed as they finish (side by side in one run):
+
+* (a) **One k-shot run** (k normal + k abnormal images of the synthetic ``Retina``, ``--views``
+  fixed augmentations each, ``--epochs`` epochs, batch 16): encoding wall time and training wall
+  time; and the **ratio** of a training step on cached tokens to the same step when the batch's
+  images are re-encoded by the frozen tower first (median over steps).
+* (b) **Share of a training step spent in partial OT** (the ``transport_plans`` calls, timed inside
+  the step), and the batched medot solve of one step's OT problems vs a Python loop of
+  ``ot.partial.entropic_partial_wasserstein`` on the same problems (same iterations).
+* (c) **Inference per image**: encoding + MADPOT scoring, batches of 8, median over repeats; peak
+  memory as the growth of ``ru_maxrss`` (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA).
+* (d) **Synthetic MVFA table**: MADPOT, MVFA, zero-shot and PatchCore on the three synthetic organs,
+  k = ``--shots``, seeds 1-3, last epoch (nothing tuned to this set).
+
+Run from the repository root::
+
+    python -m benchmarks.madpot_bench --quick     # 4 views, 10 epochs, seed 1 only, 8 cases per class
+    python -m benchmarks.madpot_bench             # the issue's settings: 4-shot, 16 views, 60 epochs, seeds 1-3
+    python -m benchmarks.madpot_bench --quick --inference-only   # (c) alone, on an untrained model
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import medot.methods.madpot.model as madpot_model
+from medot.backbones import create_backbone
+from medot.data.io import read_image
+from medot.data.synthetic import write_synthetic_benchmark
+from medot.methods.madpot.config import MadpotConfig
+from medot.methods.madpot.data import encode_support, load_support
+from medot.methods.madpot.runner import benchmark, format_table, summarise
+from medot.methods.madpot.task import MadpotTask, fit, support_batches
+from medot.train import EpochContext, FeatureCache
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _inference(backbone, model, images, layers) -> None:
+    """(c): encoding + MADPOT scoring of batches of 8, median over 5 repeats; peak RSS growth."""
+    before = _peak_mib()
+    chunk = images[:8]
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            features = backbone.encode_image(backbone.transform_batch(chunk), layers)
+            model({layer: features.patch_tokens[layer].float() for layer in layers}, (224, 224))
+        times.append((time.perf_counter() - t0) / len(chunk))
+    print(f"(c) inference (encoding + MADPOT scoring, batches of {len(chunk)}): {1000 * statistics.median(times):.1f} ms "
+          f"per image; peak RSS growth {_peak_mib() - before:.0f} MiB (total peak {_peak_mib():.0f} MiB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backbone", default="lite")
+    parser.add_argument("--shots", type=int, default=4)
+    parser.add_argument("--skip-table", action="store_true")
+    parser.add_argument("--inference-only", action="store_true",
+                        help="only (c), on an untrained model (inference cost does not depend on the weights)")
+    args = parser.parse_args()
+    views, epochs, seeds, cases = (4, 10, [1], 8) if args.quick else (16, 60, [1, 2, 3], 20)
+    device = args.device
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    backbone = create_backbone(args.backbone, device=device)
+    work = Path(tempfile.mkdtemp(prefix="madpot_bench_"))
+    synthetic = write_synthetic_benchmark(work / "synthetic", n_per_class=cases, size=224, progress=False)
+    cache = FeatureCache(work / "cache")
+    config = MadpotConfig(views=views, epochs=epochs, seed=1)
+    layers = tuple(backbone.default_layers)
+
+    support = load_support(synthetic.mvfa_root, "Retina", args.shots, 1)
+    if args.inference_only:
+        from medot.methods.madpot.detector import layer_geometry
+        from medot.methods.madpot.model import MadpotModel
+
+        channels, grids = layer_geometry(backbone)
+        model = MadpotModel(backbone, config, layers, channels, grids, ["retinal OCT"], localised=True).eval()
+        _inference(backbone, model, [read_image(r.path).rgb() for r in support.records], layers)
+        return
+
+    # (a) one k-shot run
+    started = time.perf_counter()
+    encoded = encode_support(backbone, support.records, layers, views=views, cache=cache, progress=False)
+    encode_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    fitted = fit("madpot", backbone, [encoded], ["retinal OCT"], config, device=device, progress=False)
+    train_seconds = time.perf_counter() - started
+    print(f"(a) {args.shots}-shot run, {views} views, {epochs} epochs, backbone {backbone.name}: encoding "
+          f"{encode_seconds:.1f} s + training {train_seconds:.1f} s = {encode_seconds + train_seconds:.1f} s wall")
+
+    task = MadpotTask(fitted.model).to(device)
+    batches = list(support_batches([encoded], config.batch_size)(EpochContext(0, torch.Generator().manual_seed(0))))
+    images = [read_image(r.path).rgb() for r in support.records]
+    cached, reencoded, ot_share = [], [], []
+    real_plans = madpot_model.transport_plans
+    ot_time = [0.0]
+
+    def timed_plans(*a, **k):
+        t0 = time.perf_counter()
+        out = real_plans(*a, **k)
+        ot_time[0] += time.perf_counter() - t0
+        return out
+
+    madpot_model.transport_plans = timed_plans
+    try:
+        for batch in batches:
+            batch = [t.to(device) for t in batch]
+            ot_time[0] = 0.0
+            t0 = time.perf_counter()
+            task.training_step(batch)["loss"].backward()
+            step = time.perf_counter() - t0
+            cached.append(step)
+            ot_share.append(ot_time[0] / step)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                backbone.encode_image(backbone.transform_batch(images[: len(batch[0])]), layers)
+            task.training_step(batch)["loss"].backward()
+            reencoded.append(time.perf_counter() - t0)
+    finally:
+        madpot_model.transport_plans = real_plans
+    ratio = statistics.median(reencoded) / statistics.median(cached)
+    print(f"    step on cached tokens {1000 * statistics.median(cached):.0f} ms vs re-encoding the batch first "
+          f"{1000 * statistics.median(reencoded):.0f} ms: cache {ratio:.1f}x faster (target >= 10x)")
+    print(f"(b) share of a training step in partial OT: {100 * statistics.median(ot_share):.0f} % (target < 30 %)")
+
+    import ot
+
+    tokens = {layer: t.to(device) for layer, t in zip(layers, batches[0][4:], strict=True)}
+    prompts = fitted.model.object_prompts(torch.zeros(len(batches[0][0]), dtype=torch.long, device=device))
+    det, _ = fitted.model.adapters[madpot_model.layer_key(layers[0])](tokens[layers[0]])
+    similarity = torch.einsum("bmd,bckd->bcmk", det, prompts).detach()
+    flat = similarity.reshape(-1, *similarity.shape[-2:])
+    t0 = time.perf_counter()
+    madpot_model.transport_plans(flat, mass=config.mass, epsilon=config.epsilon, max_iter=config.ot_iterations)
+    batched = time.perf_counter() - t0
+    rows, cols = flat.shape[-2:]
+    t0 = time.perf_counter()
+    for problem in (1 - flat).double().cpu().numpy():
+        ot.partial.entropic_partial_wasserstein(np.full(rows, 1 / rows), np.full(cols, 1 / cols), problem,
+                                                reg=config.epsilon, m=config.mass, numItermax=config.ot_iterations)
+    loop = time.perf_counter() - t0
+    print(f"    {len(flat)} problems {rows} x {cols}: medot batched {1000 * batched:.1f} ms vs POT loop "
+          f"{1000 * loop:.1f} ms ({loop / batched:.1f}x)")
+
+    # (c) inference per image
+    _inference(backbone, fitted.model, images, layers)
+
+    if args.skip_table:
+        return
+    rows_ = benchmark(backbone, synthetic.mvfa_root, ("Histo", "Phantom", "Retina"),
+                      ("madpot", "mvfa", "zeroshot", "patchcore"), [args.shots], seeds, config, cache=cache,
+                      device=device, progress=False, log=lambda _: None)
+    print(f"(d) synthetic MVFA table, k = {args.shots}, seeds {seeds}, last epoch:")
+    print(format_table(summarise(rows_)))
+
+
+if __name__ == "__main__":
+    main()
