@@ -38,6 +38,7 @@ entropic OT cost :math:`\langle\Gamma, M\rangle` between the image's embeddings 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medot.errors import OTConvergenceWarning
 from medot.methods.pradot.cost import Scope, pradot_cost
 from medot.ot import SinkhornResult, barycentric_projection, grid_positions, sinkhorn
 
@@ -170,8 +172,12 @@ class PrototypeBank(nn.Module):
         if use_warm and self.dual_g is not None:
             g = self.dual_g.to(cost.device, cost.dtype)
             init = (self._c_transform(cost, g), g)
-        return sinkhorn(cost, epsilon=self.epsilon, max_iter=self.sinkhorn_iterations, tol=self.sinkhorn_tol,
-                        init=init)
+        with warnings.catch_warnings():
+            # reaching the iteration cap is PRADOT's normal case (the authors always stop there); the
+            # count is reported per step instead (PradotTrainResult.sinkhorn_iterations)
+            warnings.simplefilter("ignore", OTConvergenceWarning)
+            return sinkhorn(cost, epsilon=self.epsilon, max_iter=self.sinkhorn_iterations, tol=self.sinkhorn_tol,
+                            init=init)
 
     def _c_transform(self, cost: Tensor, g: Tensor) -> Tensor:
         r""":math:`f_i = -\varepsilon \log \sum_j b_j \exp((g_j - M_{ij})/\varepsilon)` (uniform ``b``), by row blocks."""
