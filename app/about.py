@@ -37,12 +37,11 @@ PAPERS = (
 
 def backbone_line(default: str, statuses: Sequence[BackboneStatus]) -> str:
     """One line: the backbone in use and whether it is a clinical model."""
-    detail = next((s.detail for s in statuses if s.name == default), "")
     clinical = default != "lite"
     return f"**Backbone in use:** {default}" + (
         " (biomedical vision-language model)." if clinical
         else " - general-purpose ImageNet/sentence weights, **not a clinical model**: for exploring the methods only."
-    ) + (f" <small>({detail.splitlines()[0]})</small>" if detail and not clinical else "")
+    )
 
 
 def build_header(default: str, statuses: Sequence[BackboneStatus], home: Path | None = None) -> None:

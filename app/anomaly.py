@@ -249,7 +249,7 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
             run = gr.Button("Detect anomalies", variant="primary")
         with gr.Column():
             overlay = gr.Image(label="Image | anomaly map with the predicted region outlined | colour scale "
-                               "(click the map: its matched prototype)", type="numpy", interactive=False)
+                               "(click the map: its matched prototype)", type="numpy", format="png", interactive=False)
             verdict = gr.Markdown()
             score = gr.Number(label="Raw image anomaly score (maximum of the map)", interactive=False, precision=4)
             summary = gr.Markdown()

@@ -38,6 +38,7 @@ class PredictorCache:
     def __init__(self, backbones: BackboneCache) -> None:
         self._backbones = backbones
         self._loaded: ModelCache[PromptPredictor] = ModelCache()
+        self._probes: ModelCache[ProbeClassifier] = ModelCache()
 
     def get(self, path: str, backbone_name: str) -> PromptPredictor:
         return self._loaded.get(path, lambda: load_kmat_predictor(path, self._backbones.get(backbone_name)),
@@ -45,10 +46,7 @@ class PredictorCache:
 
     def get_probe(self, path: str) -> ProbeClassifier:
         """A linear-probe / fine-tuned classifier (its own encoder: no shared backbone)."""
-        with self._lock:
-            if path not in self._loaded:
-                self._loaded[path] = ProbeClassifier(path)
-            return self._loaded[path]
+        return self._probes.get(path, lambda: ProbeClassifier(path))
 
 
 def classifier_choices(settings: Settings) -> list[tuple[str, str]]:
@@ -126,7 +124,9 @@ def classify(
             source = (f"{meta['method']} classifier on encoder {meta['backbone']} ({meta['arch']}), "
                       f"{meta['fraction']:g} % of the labels, seed {meta['seed']}")
             view = (np.repeat(image.pixels[..., None], 3, axis=2) if image.pixels.ndim == 2 else image.pixels)
-            info = f"Not a clinical model unless trained on clinical data.  \nModel: {source}."
+            evidence = prediction_evidence(labels, probabilities.tolist(), meta=meta)
+            info = "  \n".join([f"**{evidence.heading()}**", *evidence.lines(),
+                                "Not a clinical model unless trained on clinical data.", f"Model: {source}."])
             return dict(zip(labels, probabilities.tolist(), strict=True)), (view * 255).round().astype(np.uint8), info
         else:
             meta = listed_model(settings, model, TRAINED_METHODS)

@@ -5,15 +5,13 @@ geometric correspondence of the same patches for comparison (all maths in
 
 from __future__ import annotations
 
-import threading
-
 import gradio as gr
 
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
-from app.models import listed_model, model_choices
+from app.examples import build_example_gallery
+from app.models import ModelCache, listed_model, model_choices, refreshed
 from medot.checkpoint import load_checkpoint
 from medot.config import Settings
-from medot.data.examples import example_images
 from medot.methods.optiml.config import METHODS
 
 NOTE = (
@@ -24,25 +22,24 @@ NOTE = (
 )
 
 
-class ModelCache:
-    """Pretrained models, loaded once per checkpoint file."""
+class PretrainedModels:
+    """Pretrained models, loaded once per checkpoint content (:class:`app.models.ModelCache`)."""
 
     def __init__(self, device: str | None = None) -> None:
-        self._loaded: dict[str, object] = {}
-        self._lock = threading.Lock()
+        self._loaded = ModelCache()
         self._device = device or "cpu"
 
     def get(self, path: str):
         from medot.methods.optiml.task import load_task
 
-        with self._lock:
-            if path not in self._loaded:
-                checkpoint = load_checkpoint(path)
-                self._loaded[path] = load_task(checkpoint.tensors, checkpoint.meta).model.to(self._device).eval()
-            return self._loaded[path]
+        def load():
+            checkpoint = load_checkpoint(path)
+            return load_task(checkpoint.tensors, checkpoint.meta).model.to(self._device).eval()
+
+        return self._loaded.get(path, load)
 
 
-def correspondences(models: ModelCache, settings: Settings, file_path: str | None, model: str | None,
+def correspondences(models: PretrainedModels, settings: Settings, file_path: str | None, model: str | None,
                     seed: float, top_k: float):
     """Returns (figure, summary line)."""
     from medot.methods.optiml.correspondence import correspondence_figure, dense_correspondences
@@ -61,15 +58,17 @@ def correspondences(models: ModelCache, settings: Settings, file_path: str | Non
 
 def build_correspondence_tab(settings: Settings, device: str | None = None) -> gr.Dropdown:
     """Lay out the tab; returns its model dropdown (refreshed when training adds a model)."""
-    models = ModelCache(device)
+    models = PretrainedModels(device)
     choices = model_choices(settings, METHODS)
     gr.Markdown(NOTE)
     with gr.Row():
         with gr.Column():
             upload = gr.File(label=f"Image ({UPLOAD_KINDS})", type="filepath")
-            gr.Examples([[str(path)] for path in example_images()], inputs=[upload], label="Bundled examples")
-            model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Pretrained model",
-                                allow_custom_value=True)
+            build_example_gallery(upload)
+            with gr.Row():
+                model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Pretrained model",
+                                    allow_custom_value=True, scale=4, elem_id="correspondence-model")
+                refresh = gr.Button("↻ Refresh models", scale=1, size="sm", elem_id="correspondence-refresh")
             seed = gr.Number(value=0, precision=0, label="View seed")
             top_k = gr.Slider(1, 50, value=12, step=1, label="Matches shown")
             run = gr.Button("Show correspondences", variant="primary")
@@ -82,4 +81,43 @@ def build_correspondence_tab(settings: Settings, device: str | None = None) -> g
         outputs=[plot, summary],
         api_name="dense_correspondences",
     )
+    refresh.click(lambda current: refreshed(model_choices(settings, METHODS), current), inputs=[model],
+                  outputs=[model], api_name="refresh_correspondence_models")
+    gr.Markdown("### Embeddings before vs after pretraining\n" + EMBEDDING_NOTE)
+    with gr.Row():
+        folder = gr.Textbox(label="Labelled folder under the data root (train/<class>/ images)")
+        method = gr.Radio(["tsne", "umap"], value="tsne", label="Projection")
+        show = gr.Button("Map embeddings")
+    with gr.Row():
+        before_plot = gr.Plot(label="Before pretraining")
+        after_plot = gr.Plot(label="After pretraining")
+    show.click(
+        lambda m, f, p: embedding_maps(settings, m, f, p),
+        inputs=[model, folder, method],
+        outputs=[before_plot, after_plot],
+        api_name="embedding_maps",
+    )
     return model
+
+
+EMBEDDING_NOTE = (
+    "Pooled encoder features of a labelled folder's training images (colour = class), from the "
+    "encoder the run started from (its seeded random init, or lite's ImageNet weights) and from the "
+    "pretrained one. Each map is its own projection: the two feature spaces are unrelated."
+)
+
+
+def embedding_maps(settings: Settings, model: str | None, folder: str, method: str):
+    """Returns (before figure, after figure)."""
+    from medot.config import confine_path
+    from medot.methods.optiml.embeddings import before_after_embeddings
+    from medot.viz import manifold_figure
+
+    with user_errors():
+        listed_model(settings, model, METHODS)
+        root = confine_path(folder, settings.data_root)
+        before, after = before_after_embeddings(model, root)
+        return tuple(
+            manifold_figure(embeddings, method="umap" if method == "umap" else "tsne", title=f"{name} pretraining")
+            for name, embeddings in (("Before", before), ("After", after))
+        )

@@ -23,9 +23,9 @@ def build_example_gallery(upload: gr.File) -> gr.Gallery:
     examples = gallery_examples()
     gallery = gr.Gallery(
         [(str(example.thumbnail), example.caption) for example in examples],
-        label="Examples (click one to load it)",
-        columns=len(examples),
-        height=150,
+        label="Examples: synthetic phantoms and a DICOM CT (click one to load it)",
+        columns=4,
+        height=320,
         allow_preview=False,
         object_fit="contain",
         interactive=False,

@@ -338,7 +338,7 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             launched = gr.Markdown()
         with gr.Column(scale=3):
             jobs = gr.Dataframe(job_rows(manager), headers=JOB_COLUMNS, label="Jobs", interactive=False, wrap=True,
-                                column_widths=["6%", "9%", "11%", "8%", "9%", "12%", "15%", "30%"], elem_id="jobs")
+                                column_widths=["5%", "10%", "11%", "9%", "8%", "14%", "15%", "28%"], elem_id="jobs")
             job = gr.Dropdown([record.id for record in manager.list_jobs()], label="Job", value=None,
                               allow_custom_value=True)
             with gr.Row():

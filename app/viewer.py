@@ -55,7 +55,7 @@ def build_viewer(upload: gr.File) -> tuple[gr.Dropdown, gr.Slider]:
     with gr.Accordion("The uploaded image (full size, metadata, window, frame)", open=True, elem_id="viewer"):
         with gr.Row():
             full = gr.Image(label="As uploaded (full image, with the window below)", type="numpy", format="png",
-                            interactive=False, elem_id="viewer-image")
+                            interactive=False, height=420, elem_id="viewer-image")
             with gr.Column():
                 preset = gr.Dropdown([FILE_WINDOW], value=FILE_WINDOW, label="Window / level preset",
                                      allow_custom_value=True, elem_id="viewer-window")

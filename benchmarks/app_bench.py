@@ -149,7 +149,9 @@ def main() -> None:
             client = Client(url, verbose=False)
             model = write_stored_kmat(Path(home) / "models" / "after-start" / "model")
             start = time.perf_counter()
-            lists = client.predict("zero-shot", None, "", None, None, api_name="/model_lists")
+            inputs = len(client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/model_lists"]
+                         ["parameters"])
+            lists = client.predict("zero-shot", None, "", *[None] * (inputs - 3), api_name="/model_lists")
             lists_time = time.perf_counter() - start
             listed = [model in [choice[1] for choice in update["choices"]] for update in lists[:4]]
             first = _classify(client)  # loads the backbone

@@ -16,10 +16,24 @@ Four measurements, printed as they finish:
 * (d) **Synthetic-benchmark AUROCs**: PRADOT and PatchCore (same layers, coreset 10 %) on
   ``mvtec/phantom`` and ``mvfa/Phantom_AD``, through :func:`medot.methods.pradot.evaluation.benchmark_class`.
 
+Issue #11's goals, side by side in one run (``--goals``), on the synthetic MVTec category with ``lite``:
+
+* (g-a) **one epoch** of the previous default (stride8 + stride16, 16 prototypes per cell, uniform
+  init, cold 100-iteration Sinkhorn, one batch of ``min(64, N)`` images) against the ``cpu`` preset
+  (stride16, 4 prototypes per cell, data init, warm start with tolerance 1e-2, plan budget 2^21),
+  on the same cached features: seconds and the ratio;
+* (g-b) **image and pixel AUROC** of both one-epoch models, of the ``cpu`` preset (10 epochs), of
+  PatchCore on the same features, and last (slow) of the paper's sizes with and without the #11
+  training changes for ``--paper-epochs`` epochs (0 skips them);
+* (g-c) **the paper-sized step** (12,544 x 3,136 plan, C = 1024): the second of two consecutive
+  steps, warm-started with tolerance 1e-2 against cold with 100 fixed iterations: time, Sinkhorn
+  iterations and the L1 difference between the two plans (total mass 1).
+
 Run from the repository root::
 
     python -m benchmarks.pradot_bench --quick   # stride16 only, 8 cases/class, 10 epochs, (a) at 10 iterations
     python -m benchmarks.pradot_bench           # the paper's settings (stride8 + stride16, 50 epochs): hours on CPU
+    python -m benchmarks.pradot_bench --goals --n-per-class 8 --paper-epochs 1   # issue #11's goals
 
 With ``--quick`` step (a) runs 10 Sinkhorn iterations (memory does not depend on the iteration
 count) and the time of 100 is extrapolated, which the output says.
@@ -164,6 +178,93 @@ def accuracy(backbone, benchmark, config: PradotConfig, device: torch.device, ca
             print(f"    {root.name + '/' + name:<18} {row['method']:<10} {cells}")
 
 
+# ---------------------------------------------------------------------------------- issue #11 goals
+def previous_default(layers: tuple[str, ...], epochs: int) -> PradotConfig:
+    """The settings PRADOT trained with before #11: the paper's sizes, uniform init, cold fixed solves."""
+    return PradotConfig(layers=layers, epochs=epochs, init="uniform", warm_start=False, sinkhorn_tol=0.0)
+
+
+def timed_training(config: PradotConfig, tokens, grids, device: torch.device):
+    model = build_model(config, tokens, grids)
+    started = time.perf_counter()
+    result = train_pradot(model, tokens, config, device=device, progress=False)
+    synchronize(device)
+    return model, result, time.perf_counter() - started
+
+
+def goals(backbone, benchmark, device: torch.device, cache: FeatureCache, paper_epochs: int) -> None:
+    from medot.methods.pradot.evaluation import EvaluationSet
+
+    splits = load_anomaly_splits(benchmark.mvtec_root, benchmark.mvtec_category)
+    old_layers = tuple(backbone.default_layers[:2])
+    cpu = PradotConfig.preset("cpu", tuple(backbone.default_layers))
+    tokens, grids = encode_tokens(backbone, splits.train, old_layers, cache=cache, progress=False)
+    test_set = EvaluationSet.load(backbone, splits, old_layers, cache=cache, progress=False)
+    size = (backbone.preprocess.image_size,) * 2
+    cpu_tokens = {k: tokens[k] for k in cpu.layers}
+    rows = []
+
+    def evaluate(name: str, model, seconds: float) -> None:
+        metrics = test_set.evaluate(lambda t: model(t, size), device)
+        rows.append((name, seconds, metrics))
+        print(f"    {name:<62} fit {seconds:7.1f} s  img AUROC {metrics['image_auroc']:.4f}  "
+              f"px AUROC {metrics['pixel_auroc']:.4f}", flush=True)
+
+    print(f"(g-a) one epoch, lite, {len(splits.train)} normal images of {splits.name}, features cached, {device}:")
+    new_model, new_result, new_seconds = timed_training(PradotConfig(**{**cpu.to_dict(), "epochs": 1}), cpu_tokens,
+                                                        grids, device)
+    iterations = np.mean([max(step.values()) for step in new_result.sinkhorn_iterations])
+    print(f"    cpu preset ({list(cpu.layers)}, 4/cell, {new_result.batches_per_epoch} batches of <= "
+          f"{new_result.batch_size}, data init, warm tol 1e-2): {new_seconds:.1f} s "
+          f"(mean Sinkhorn iterations per step {iterations:.1f})", flush=True)
+    old_model, old_result, old_seconds = timed_training(previous_default(old_layers, 1), tokens, grids, device)
+    print(f"    previous default ({list(old_layers)}, 16/cell, 1 batch of {old_result.batch_size}, uniform, cold 100 it): "
+          f"{old_seconds:.1f} s")
+    print(f"    speed-up {old_seconds / new_seconds:.1f}x (goal >= 10x)", flush=True)
+
+    print(f"(g-b) accuracy on {splits.name}'s {len(splits.test)} test images (seed {benchmark.seed}):")
+    evaluate("PRADOT previous default, 1 epoch", old_model, old_seconds)
+    evaluate("PRADOT cpu preset, 1 epoch", new_model, new_seconds)
+    cpu_model, _, cpu_seconds = timed_training(cpu, cpu_tokens, grids, device)
+    evaluate(f"PRADOT cpu preset, {cpu.epochs} epochs", cpu_model, cpu_seconds)
+    for layers in (cpu.layers, old_layers):
+        baseline = PatchCoreModel(layers, grids, PatchCoreConfig()).to(device)
+        started = time.perf_counter()
+        baseline.fit({k: tokens[k].to(device) for k in layers})
+        evaluate(f"PatchCore {list(layers)}", baseline, time.perf_counter() - started)
+
+    print(f"(g-c) paper-sized step: plan {PAPER_BATCH * 196:,} x {PAPER_PROTOTYPES * 196:,}, C={PAPER_CHANNELS}, {device}:")
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(196, PAPER_CHANNELS, generator=generator)
+    batches = [(centres + 0.5 * torch.randn(PAPER_BATCH, 196, PAPER_CHANNELS, generator=generator)).to(device)
+               for _ in range(2)]
+    bank = PrototypeBank("layer", PAPER_CHANNELS, (14, 14), n_prototypes=PAPER_PROTOTYPES, alpha=0.3,
+                         sinkhorn_tol=1e-2, warm_start=True, generator=generator).to(device)
+    bank.init_from_data(batches[0].cpu(), torch.Generator().manual_seed(1))
+    bank.fit_batch(batches[0])
+    timings = {}
+    for label, warm, tol in (("cold", False, 0.0), ("warm", True, 1e-2)):
+        bank.sinkhorn_tol = tol
+        synchronize(device)
+        started = time.perf_counter()
+        solution = bank.transport_plan(batches[1], warm=warm)
+        synchronize(device)
+        timings[label] = (time.perf_counter() - started, int(solution.diagnostics.iterations), solution.plan,
+                          float(solution.diagnostics.marginal_error))
+    (cold_s, cold_it, cold_plan, cold_err), (warm_s, warm_it, warm_plan, warm_err) = timings.values()
+    print(f"    cold, 100 fixed iterations: {cold_s:.1f} s (marginal error {cold_err:.4f}); warm, tol 1e-2: {warm_s:.1f} s, "
+          f"{warm_it} iterations (marginal error {warm_err:.4f}); speed-up {cold_s / warm_s:.1f}x; "
+          f"plan L1 difference {float((warm_plan - cold_plan).abs().sum()):.4f} (total mass 1)", flush=True)
+    del batches, bank, cold_plan, warm_plan
+
+    if paper_epochs > 0:
+        print(f"(g-b, slow) the paper's sizes ({list(old_layers)}, 16/cell, batches of 64) for {paper_epochs} epochs:")
+        model, _, seconds = timed_training(PradotConfig(layers=old_layers, epochs=paper_epochs), tokens, grids, device)
+        evaluate(f"PRADOT paper sizes, data init + warm start, {paper_epochs} epochs", model, seconds)
+        model, _, seconds = timed_training(previous_default(old_layers, paper_epochs), tokens, grids, device)
+        evaluate(f"PRADOT previous default, {paper_epochs} epochs", model, seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small settings that check the script end to end")
@@ -173,6 +274,9 @@ def main() -> None:
     parser.add_argument(
         "--layers", nargs="+", default=None, help="lite layers (default stride8 stride16, quick stride16)"
     )
+    parser.add_argument("--goals", action="store_true", help="issue #11's side-by-side goals only")
+    parser.add_argument("--paper-epochs", type=int, default=50,
+                        help="epochs of the paper-sized runs at the end of --goals (default 50: hours on a CPU; 0 skips)")
     parser.add_argument("--memory-worker", nargs=3, metavar=("GRID", "ITERATIONS", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
@@ -186,6 +290,12 @@ def main() -> None:
     epochs = args.epochs or (10 if args.quick else 50)
     n_per_class = args.n_per_class or (8 if args.quick else 20)
     config = PradotConfig(layers=layers, epochs=epochs)
+    if args.goals:
+        with tempfile.TemporaryDirectory() as folder:
+            benchmark = write_synthetic_benchmark(Path(folder) / "synthetic", n_per_class=n_per_class, progress=False)
+            goals(create_backbone("lite", device=device), benchmark, device, FeatureCache(Path(folder) / "cache"),
+                  args.paper_epochs)
+        return
     memory(device, 10 if args.quick else 100)
     with tempfile.TemporaryDirectory() as folder:
         benchmark = write_synthetic_benchmark(Path(folder) / "synthetic", n_per_class=n_per_class, progress=False)

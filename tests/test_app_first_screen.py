@@ -13,7 +13,8 @@ from gradio_client import Client  # noqa: E402
 from app_server import AppServer  # noqa: E402
 from kmat_checkpoint import write_artefacts_checkpoint  # noqa: E402
 
-MODEL_LISTS = ("classify-model", "manifold-model", "manifold-second", "coupling-model", "anomaly-model")
+MODEL_LISTS = ("classify-model", "manifold-model", "manifold-second", "coupling-model", "anomaly-model",
+               "correspondence-model")
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +48,16 @@ def test_every_model_list_is_filled_on_page_load_with_models_written_after_start
     on_load = [d for d in client.config["dependencies"] if any(t[1] == "load" for t in d["targets"])]
     filled = {ids[i] for d in on_load for i in d["outputs"] if i in ids}
     assert filled == set(MODEL_LISTS)
-    lists = client.predict("zero-shot", None, "", None, None, api_name="/model_lists")
-    classify, first, second, coupling, anomaly = lists
+    (fill,) = [d for d in on_load if d.get("api_name") == "model_lists"]
+    order = [ids[i] for i in fill["inputs"]]
+    current = {"classify-model": "zero-shot", "manifold-second": ""}
+    lists = dict(zip(order, client.predict(*[current.get(name) for name in order], api_name="/model_lists"),
+                     strict=True))
+    classify, first, second, coupling, anomaly = (lists[name] for name in MODEL_LISTS[:5])
     assert model in _values(classify) and "zero-shot" in _values(classify)
     assert model in _values(first) and model in _values(coupling)
     assert "" in _values(second) and model in _values(second)
-    assert model not in _values(anomaly)  # a K-MaT model is no anomaly detector
+    assert model not in _values(anomaly) and model not in _values(lists["correspondence-model"])  # other kinds
     assert (classify["value"], first["value"], second["value"]) == ("zero-shot", model, "")
 
 
@@ -169,3 +174,62 @@ def test_classify_reads_the_frame_and_window_chosen_in_the_viewer(live, tmp_path
     confidences = {item["label"]: item["confidence"] for item in label["confidences"]}
     for name, probability in zip(labels, expected, strict=True):
         assert confidences[name] == pytest.approx(probability, abs=1e-4)
+
+
+def test_browser_first_load_lists_a_model_written_after_start_and_screenshots(live, tmp_path):
+    """In headless Chromium: a fresh page's FGW-coupling list holds a model written after the app
+    started; screenshots of every tab go to test-output/ for a person to read."""
+    import os
+    from pathlib import Path
+
+    from app_server import REPO
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{chromium} is missing on CI")
+        pytest.skip(f"{chromium} is not installed")
+    playwright = pytest.importorskip("playwright.sync_api")
+    from medot.data.examples import example_images
+
+    server, _ = live
+    model = write_artefacts_checkpoint(server.home / "models" / "browser-late" / "model", dim=16)
+    out = REPO / "test-output"
+    out.mkdir(exist_ok=True)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(server.url)
+            page.get_by_role("tab", name="FGW coupling").click()
+            page.locator("#coupling-model input").first.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#coupling-model input'); return i && i.value.length > 0; }",
+                timeout=60_000)
+            shown = page.locator("#coupling-model input").first.input_value()
+            page.get_by_role("button", name="Draw the coupling").click()
+            page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(out / "app_coupling.png"), full_page=True)
+            page.get_by_role("tab", name="Prompt manifolds").click()
+            page.get_by_role("button", name="Draw the manifold").click()
+            page.locator(".js-plotly-plot").nth(0).wait_for(timeout=120_000)
+            page.wait_for_timeout(3000)
+            page.screenshot(path=str(out / "app_manifold.png"), full_page=True)
+            page.get_by_role("tab", name="Classify").click()
+            dicom = next(path for path in example_images() if path.suffix == ".dcm")
+            page.locator("#classify-upload input[type=file]").set_input_files(str(dicom))
+            page.locator("#viewer-metadata").get_by_text("Modality").wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(out / "app_first_screen_dicom.png"), full_page=True)
+            page.get_by_role("tab", name="Train").click()
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(out / "app_train.png"), full_page=True)
+            page.get_by_role("tab", name="About").click()
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(out / "app_about.png"), full_page=True)
+        finally:
+            browser.close()
+    assert "browser-late" in shown  # the newest model, listed on a page loaded after it was written
+    del model

@@ -228,6 +228,18 @@ def test_training_job_finishes_and_its_model_is_listed(app):
         time.sleep(1)
     assert row[2] == "done", row
     assert row[7].endswith("model.safetensors")
+    import json
+
+    import torch
+
+    meta = json.loads(Path(row[7]).with_suffix(".json").read_text())
+    # the app's job, without a GPU: the CPU preset, one stride16 layer, trained on the normals not held out
+    assert meta["training"]["preset"] == "auto" and meta["training"]["status"] == "completed"
+    if not torch.cuda.is_available():
+        assert meta["layers"] == ["stride16"] and meta["hyperparameters"]["n_prototypes"] == 4
+    assert meta["training"]["train_images"] + meta["training"]["held_out_normals"] == 4
+    assert len(meta["calibration"]["image_scores"]) == meta["training"]["held_out_normals"]
+    assert 0.0 <= meta["metrics"]["image_auroc"] <= 1.0
     config = client.view_api(return_format="dict", print_info=False)
     assert config  # the API is still served
     from app.models import model_choices

@@ -106,7 +106,8 @@ def test_transport_loss_is_medot_fgw_on_the_same_matrices():
     assert torch.allclose(transport.cost, cost, atol=1e-5)
     assert torch.allclose(transport.high_structure, d_high, atol=1e-4)
     assert torch.allclose(transport.low_structure, d_low, atol=1e-4)
-    assert float(transport.loss) == pytest.approx(float(reference.value), rel=1e-4)
+    assert float(transport.loss) == pytest.approx(float(reference.objective), rel=1e-4)
+    assert float(transport.value) == pytest.approx(float(reference.value), rel=1e-4)
     assert torch.allclose(transport.plan, reference.plan, atol=1e-5)
     assert torch.allclose(transport.plan.sum(1), torch.full((4,), 0.25), atol=1e-4)
 
@@ -325,3 +326,19 @@ def test_seeded_runs_are_reproducible(backbone, knowledge, task, tmp_path):
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
     assert np.isfinite(first.numpy()).all()
+
+
+def test_transport_loss_gradient_is_the_derivative_of_the_loss():
+    # L_fgw is the entropic objective, so its envelope gradient is its derivative (issue #16)
+    generator = torch.Generator().manual_seed(3)
+    high = torch.randn(3, 16, generator=generator, dtype=torch.float64)
+    low = torch.randn(3, 16, generator=generator, dtype=torch.float64)
+    direction = torch.randn(3, 16, generator=generator, dtype=torch.float64)
+    leaf = low.clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(manifold_transport_loss(high, leaf, max_iter=1000).loss, leaf)
+    step = 1e-4
+    with torch.no_grad():
+        plus = manifold_transport_loss(high, low + step * direction, max_iter=1000).loss
+        minus = manifold_transport_loss(high, low - step * direction, max_iter=1000).loss
+    finite_difference = float(plus - minus) / (2 * step)
+    assert float((gradient * direction).sum()) == pytest.approx(finite_difference, rel=1e-3)

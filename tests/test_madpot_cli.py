@@ -31,7 +31,7 @@ def backbone(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _reuse_backbone(monkeypatch, backbone):
-    monkeypatch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None: backbone)
+    monkeypatch.setattr(medot.backbones, "create_backbone", lambda name="auto", device=None, **_: backbone)
 
 
 @pytest.fixture(scope="module")

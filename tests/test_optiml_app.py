@@ -85,3 +85,21 @@ def test_classify_tab_predicts_with_a_saved_probe_classifier(tmp_path):
     expected = ProbeClassifier(saved[0]).predict_proba([read_image(image).pixels])[0]
     assert probabilities["textured"] == pytest.approx(float(expected[1]), abs=1e-6)
     assert "linear-probe classifier on encoder tiny" in info
+
+
+def test_embedding_maps_handler_draws_two_maps_and_confines_the_folder(served, tmp_path):
+    import gradio as gr
+
+    from app.correspondence import embedding_maps
+    from medot.config import Settings
+
+    _, model = served
+    home = model.parents[3]
+    settings = Settings(home=home, data_root=tmp_path, backbone="lite")
+    from medot.data.synthetic import write_pretraining_set
+
+    write_pretraining_set(tmp_path / "probe", n_pool=2, n_per_class=4, size=40, progress=False)
+    before, after = embedding_maps(settings, str(model), "probe/labelled", "tsne")
+    assert "Before" in before.layout.title.text and "After" in after.layout.title.text
+    with pytest.raises(gr.Error, match="outside the data root"):
+        embedding_maps(settings, str(model), "/etc", "tsne")

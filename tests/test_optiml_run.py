@@ -307,3 +307,36 @@ def test_dense_correspondences_of_a_trained_model(pretrained):
     assert again.truth == found.truth and np.array_equal(again.view_t, found.view_t)
     figure = correspondence_figure(found)
     assert sum(trace.line.color == "lime" for trace in figure.data[1:]) == 5
+
+
+def test_synth_writes_the_pretraining_pool_and_probe_set(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["synth", "--out", str(out), "--n-per-class", "4", "--size", "32", "--pretraining-pool", "5",
+                 "--quiet"]) == 0
+    assert len(list((out / "optiml" / "pool").glob("*.png"))) == 5
+    labelled = out / "optiml" / "labelled"
+    assert sorted(p.name for p in (labelled / "train").iterdir()) == ["nodule", "normal", "opacity"]
+    assert {len(list((labelled / split / "normal").glob("*.png"))) for split in ("train", "test")} == {3, 1}
+    splits = load_labelled_splits(labelled, seed=0)  # the probe set reads as an eval dataset
+    assert len(splits.val) == 3 and len(splits.test) == 3
+    assert "pretraining pool" in capsys.readouterr().out
+
+
+def test_before_after_embeddings_use_the_exact_initial_and_trained_encoders(pretrained, synthetic):
+    from medot.methods.optiml.classifier import PooledGrey, centre_crop
+    from medot.methods.optiml.data import load_grey
+    from medot.methods.optiml.embeddings import before_after_embeddings
+    from medot.methods.optiml.runner import build_task
+
+    _, out, result = pretrained
+    before, after = before_after_embeddings(out / "model", synthetic.labelled, max_images=5)
+    assert len(before) == len(after) == 5 and set(before.modality) == {"before"}
+    first = sorted(synthetic.labelled.glob("train/nodule/*.png"))[0]
+    image = centre_crop(load_grey(first, SIZE), SIZE)[None]
+    with torch.no_grad():
+        initial = PooledGrey(build_task(CONFIG, seed=0).model.encoder.eval())(image)[0]
+        trained = PooledGrey(result.task.model.encoder.eval())(image)[0]
+    row = before.text.index(first.name)
+    np.testing.assert_allclose(before.vectors[row], initial.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(after.vectors[row], trained.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(before.vectors[row], after.vectors[row])

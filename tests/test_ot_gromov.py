@@ -100,7 +100,7 @@ def test_envelope_gradients_in_the_cost_matrices_have_the_closed_form():
     M, C1, C2 = (c.requires_grad_() for c in fgw_costs(X, Y))
     alpha = 0.3
     result = entropic_fused_gromov_wasserstein(M, C1, C2, alpha=alpha, epsilon=0.05, **TIGHT)
-    grad_M, grad_C1, grad_C2 = torch.autograd.grad(result.value, (M, C1, C2))
+    grad_M, grad_C1, grad_C2 = torch.autograd.grad(result.value_plan_fixed, (M, C1, C2))
     T = result.plan
     p, q = T.sum(-1), T.sum(-2)
     torch.testing.assert_close(grad_M, (1 - alpha) * T)
@@ -217,3 +217,37 @@ def test_unconverged_solve_warns_with_the_fix_to_try():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         entropic_fused_gromov_wasserstein(*fgw_costs(X, Y), alpha=0.5, epsilon=0.05, max_iter=2, tol=0.0)
+
+
+def test_each_output_carries_the_gradient_its_name_says():
+    X, Y = embeddings(5, 4, 3, seed=13, scale=0.5)
+    M, C1, C2 = (c.requires_grad_() for c in fgw_costs(X, Y))
+    options = {"alpha": 0.5, "epsilon": 0.05, **TIGHT}
+    result = entropic_fused_gromov_wasserstein(M, C1, C2, **options)
+    # envelope mode: value has no gradient (its derivative also moves through the plan) ...
+    assert not result.value.requires_grad and not result.plan.requires_grad
+    # ... objective's exact gradient is the plan-fixed gradient, available under that name
+    by_objective = torch.autograd.grad(result.objective, (M, C1, C2), retain_graph=True)
+    by_plan_fixed = torch.autograd.grad(result.value_plan_fixed, (M, C1, C2))
+    for left, right in zip(by_objective, by_plan_fixed):
+        assert torch.equal(left, right)
+    assert float(result.value_plan_fixed.detach()) == float(result.value)
+    with pytest.raises(OTError, match="gradient"):
+        entropic_fused_gromov_wasserstein(M, C1, C2, gradient="implicit", **options)
+
+
+def test_unrolled_value_gradient_is_its_derivative_and_the_plan_fixed_one_is_not():
+    X, Y = embeddings(4, 3, 2, seed=14, scale=0.5)
+    options = {"alpha": 0.5, "epsilon": 0.1, **TIGHT}
+
+    def value(Y, gradient):
+        return entropic_fused_gromov_wasserstein(*fgw_costs(X, Y), gradient=gradient, **options)
+
+    assert torch.autograd.gradcheck(
+        lambda Y: value(Y, "unrolled").value, (Y.clone().requires_grad_(),), eps=1e-6, atol=1e-6
+    )
+    leaf = Y.clone().requires_grad_()
+    (unrolled,) = torch.autograd.grad(value(leaf, "unrolled").value, leaf)
+    leaf = Y.clone().requires_grad_()
+    (plan_fixed,) = torch.autograd.grad(value(leaf, "envelope").value_plan_fixed, leaf)
+    assert float((unrolled - plan_fixed).norm() / unrolled.norm()) > 0.05

@@ -204,8 +204,9 @@ def test_coupling_heatmaps_labels_values_and_title():
     assert len({t.coloraxis for t in fig.data}) == 4  # one colour scale per matrix
     assert fig.layout.yaxis.autorange == "reversed" and fig.layout.xaxis.title.text == "X-ray class"
     title = fig.layout.title.text
-    assert "FGW = 0.123" in title and "α = 0.1" in title and "ε = 0.05" in title
-    assert all(t.texttemplate == "%{z:.3g}" and "%{z:.3g}" in t.hovertemplate for t in fig.data)  # one format
+    assert "FGW = 0.123" in title and "α = 0.100" in title and "ε = 0.050" in title
+    assert all(t.texttemplate == "%{z:.3f}" and "%{z:.3f}" in t.hovertemplate for t in fig.data)  # one format
+    assert all(fig.layout[f"coloraxis{k}"].colorbar.tickformat == ".3f" for k in range(1, 5))
     colorbars = [fig.layout[f"coloraxis{k}"].colorbar for k in range(1, 5)]
     assert [c.title.text for c in colorbars] == ["Γ", "M", "D<sup>H</sup>", "D<sup>L</sup>"]
     (bottom_title,) = [a for a in fig.layout.annotations if a.text == "D<sup>H</sup> (CT structure)"]

@@ -17,8 +17,8 @@ from PIL import Image
 from medot.data.synthetic import LESION_CLASSES, render_case
 
 #: file-name prefix -> what the example shows, in words that do not give its class away
-EXAMPLE_KINDS = {"ct": "CT-like slice (synthetic)", "xray": "X-ray-like projection (synthetic)"}
-DICOM_KIND = "CT slice (DICOM, pydicom test file)"
+EXAMPLE_KINDS = {"ct": "CT-like", "xray": "X-ray-like"}
+DICOM_KIND = "CT, DICOM"
 THUMBNAIL_SIZE = 128
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
@@ -47,8 +47,9 @@ class GalleryExample:
 
 def example_gallery(out_dir: Path) -> list[GalleryExample]:
     """The bundled examples as neutral copies in ``out_dir`` (``example-1.png``, ...), each with a
-    thumbnail (DICOM rendered through its own window) and a caption naming only its kind, so a
-    user cannot read the expected class off the screen."""
+    thumbnail (DICOM rendered through its own window) and a short caption naming only its kind
+    (``"3 · CT-like"``; the PNGs are synthetic phantoms), so a user cannot read the expected class
+    off the screen."""
     from medot.data.io import read_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -59,13 +60,13 @@ def example_gallery(out_dir: Path) -> list[GalleryExample]:
         if source.suffix == ".dcm":
             kind = DICOM_KIND
         else:
-            kind = EXAMPLE_KINDS.get(source.stem.split("_")[0], "synthetic image")
+            kind = EXAMPLE_KINDS.get(source.stem.split("_")[0], "synthetic")
         thumbnail = out_dir / f"example-{number}-thumbnail.png"
         pixels = read_image(source).pixels
         image = Image.fromarray((np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8))
         image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
         image.save(thumbnail)
-        gallery.append(GalleryExample(file, thumbnail, f"Example {number}: {kind}", source))
+        gallery.append(GalleryExample(file, thumbnail, f"{number} · {kind}", source))
     return gallery
 
 

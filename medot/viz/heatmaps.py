@@ -34,7 +34,7 @@ from medot.viz._inputs import VisualizationError, as_finite, as_finite_number, a
 PLAN_COLORSCALE = "Viridis"
 COST_COLORSCALE = "Cividis"
 _COLORBAR_GAP = 0.01
-NUMBER_FORMAT = ".3g"
+NUMBER_FORMAT = ".3f"
 HOW_TO_READ_PLAN = (
     "How to read Γ: rows are {high} classes, columns {low} classes; Γ<sub>ij</sub> is the share of mass "
     "matched between class i and class j (each row and each column sums to 1/C).<br>A bright diagonal means each "
@@ -107,7 +107,7 @@ def coupling_heatmaps(
         cols=n_cols,
         subplot_titles=[p.title for p in panels],
         horizontal_spacing=0.22,
-        vertical_spacing=0.34,
+        vertical_spacing=0.26,
     )
     for k, panel in enumerate(panels):
         row, col = divmod(k, n_cols)

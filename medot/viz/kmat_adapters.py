@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from medot.checkpoint import load_checkpoint
+from medot.data.modality import display_name
 from medot.errors import CheckpointError
 from medot.viz.heatmaps import coupling_heatmaps
 from medot.viz.manifold import EmbeddingSet
@@ -165,6 +166,6 @@ def coupling_figure(artefacts: KMaTArtefacts, alpha: float | None = None, epsilo
         fgw_value=coupling.value,
         alpha=coupling.alpha,
         epsilon=coupling.epsilon,
-        high_name=high,
-        low_name=low,
+        high_name=display_name(high),
+        low_name=display_name(low),
     )

@@ -106,6 +106,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-msc", action="store_true", help="ablation: the same context for both modalities")
     parser.add_argument("--no-anc", action="store_true", help="ablation: drop the knowledge-anchor loss")
     parser.add_argument("--no-fgw", action="store_true", help="ablation: drop the FGW manifold-transport loss")
+    parser.add_argument(
+        "--fgw-gradient", choices=("envelope", "unrolled"), default="envelope",
+        help="L_fgw and its gradient: 'envelope' (default) = entropic FGW objective with its exact envelope "
+        "gradient; 'unrolled' = FGW value E(plan) differentiated through every solver iteration (slower)",
+    )
     baselines = parser.add_argument_group("baselines' weights (defaults: their authors')")
     baselines.add_argument(
         "--kgcoop-lambda", type=float, default=8.0,
@@ -158,6 +163,7 @@ def _configs(args: argparse.Namespace, seed: int):
             transport=not args.no_fgw,
             lambda_anchor=args.lambda_anc,
             lambda_transport=args.lambda_fgw,
+            fgw_gradient=args.fgw_gradient,
         )
         baselines = BaselineConfig(
             kgcoop_lambda=args.kgcoop_lambda,

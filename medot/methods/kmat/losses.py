@@ -23,13 +23,27 @@ between the high-end prompt manifold (held fixed, :math:`\mathrm{sg}[\cdot]`) an
 :math:`D^L_{jl} = \|\tilde w_{j,L} - \tilde w_{l,L}\|`,
 :math:`M_{ij} = \|\mathrm{sg}[\tilde w_{i,H}] - \tilde w_{j,L}\|^2`, :math:`\alpha = 0.1`, solved by
 :func:`medot.ot.entropic_fused_gromov_wasserstein` (entropic temperature 0.1, at most 100 outer
-iterations). The value carries the envelope gradient at the solved plan, so it reaches the low-end
-prompts through :math:`M` and :math:`D^L` and never the high-end ones.
+iterations). The loss is the solver's entropic ``objective``,
+
+.. math:: \mathcal{L}_{fgw} = \min_\Gamma\ \mathcal{E}(\Gamma) + \varepsilon \sum_{ij}\Gamma_{ij}\log\Gamma_{ij}
+
+(:math:`\mathcal{E}` the bracket above), whose envelope (Danskin) gradient,
+:math:`\partial\mathcal{E}/\partial(M, D^L)` at the solved plan, is its exact derivative; it reaches
+the low-end prompts through :math:`M` and :math:`D^L` and never the high-end ones. The same gradient
+is *not* the derivative of the unregularised :math:`\mathcal{E}(\Gamma^\star)` (the solver's
+``value``), which also moves through :math:`\Gamma^\star`; training on ``value`` with that gradient
+would follow a gradient of no loss. The two are the same tensor, so the trained prompts are
+identical either way (``tests/test_kmat.py``); what changes is that the logged ``fgw`` term is the
+loss being descended. It includes :math:`\varepsilon\sum\Gamma\log\Gamma \ge -\varepsilon\log N_c^2`,
+so it can be negative (the paper is silent on the entropic term; medot's choice, see
+``docs/methods/kmat.md``). ``ManifoldTransport.value`` keeps :math:`\mathcal{E}(\Gamma^\star)` for
+display.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -64,6 +78,11 @@ class ManifoldTransport:
     def plan(self) -> Tensor:
         return self.result.plan
 
+    @property
+    def value(self) -> Tensor:
+        """:math:`\\mathcal{E}(\\Gamma^\\star)` without the entropic term (detached; for display)."""
+        return self.result.value
+
 
 def manifold_transport_loss(
     high: Tensor,
@@ -72,15 +91,24 @@ def manifold_transport_loss(
     alpha: float = FGW_ALPHA,
     epsilon: float = FGW_EPSILON,
     max_iter: int = FGW_MAX_ITER,
+    gradient: Literal["envelope", "unrolled"] = "envelope",
 ) -> ManifoldTransport:
     """:math:`\\mathcal{L}_{fgw}` between high-end ``[C, D]`` (detached here) and low-end ``[C, D]``
-    class embeddings, both L2-normalised here, with uniform class weights."""
+    class embeddings, both L2-normalised here, with uniform class weights.
+
+    ``gradient="envelope"`` (default): the loss is the entropic objective and carries its exact
+    envelope gradient. ``"unrolled"``: the loss is :math:`\\mathcal{E}(\\Gamma^\\star)` (the solver's
+    ``value``) differentiated through every solver iteration, also its exact derivative, at a
+    memory and time cost that grows with the iterations."""
     high_unit = F.normalize(high.detach(), dim=-1)
     low_unit = F.normalize(low, dim=-1)
     cost = squared_euclidean_cost(high_unit, low_unit)
     high_structure = euclidean_cost(high_unit, high_unit)
     low_structure = euclidean_cost(low_unit, low_unit)
     result = entropic_fused_gromov_wasserstein(
-        cost, high_structure, low_structure, alpha=alpha, epsilon=epsilon, max_iter=max_iter
+        cost, high_structure, low_structure, alpha=alpha, epsilon=epsilon, max_iter=max_iter,
+        gradient=gradient,
     )
-    return ManifoldTransport(result.value, cost, high_structure, low_structure, result)
+    # Each loss is paired with the gradient that is its derivative: never value + envelope.
+    loss = result.objective if gradient == "envelope" else result.value
+    return ManifoldTransport(loss, cost, high_structure, low_structure, result)

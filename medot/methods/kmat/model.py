@@ -42,7 +42,9 @@ class KMaTConfig:
     ``class_specific`` / ``modality_specific``: CSC / MSC contexts; ``anchor`` / ``transport``:
     include :math:`\\mathcal{L}_{anc}` / :math:`\\mathcal{L}_{fgw}` with weights ``lambda_anchor`` /
     ``lambda_transport`` (the paper selects them on high-end validation data; 1.0 is medot's
-    default); ``fgw_*``: the FGW solve (paper: alpha 0.1, temperature 0.1, <= 100 iterations).
+    default); ``fgw_*``: the FGW solve (paper: alpha 0.1, temperature 0.1, <= 100 iterations);
+    ``fgw_gradient``: which loss and gradient :math:`\\mathcal{L}_{fgw}` is
+    (:func:`~medot.methods.kmat.losses.manifold_transport_loss`).
     """
 
     n_ctx: int = 4
@@ -55,10 +57,13 @@ class KMaTConfig:
     fgw_alpha: float = FGW_ALPHA
     fgw_epsilon: float = FGW_EPSILON
     fgw_max_iter: int = FGW_MAX_ITER
+    fgw_gradient: str = "envelope"
 
     def __post_init__(self) -> None:
         if self.n_ctx < 1 or self.lambda_anchor < 0 or self.lambda_transport < 0:
             raise ValueError("n_ctx must be >= 1 and the lambdas >= 0")
+        if self.fgw_gradient not in ("envelope", "unrolled"):
+            raise ValueError(f"fgw_gradient must be 'envelope' or 'unrolled', got {self.fgw_gradient!r}")
 
     def prompt_learner(self, backbone, class_names) -> PromptLearner:
         return PromptLearner(
@@ -100,7 +105,8 @@ class KMaTTask(PromptTask):
     def transport(self, high: Tensor, low: Tensor):
         config = self.config
         return manifold_transport_loss(
-            high, low, alpha=config.fgw_alpha, epsilon=config.fgw_epsilon, max_iter=config.fgw_max_iter
+            high, low, alpha=config.fgw_alpha, epsilon=config.fgw_epsilon, max_iter=config.fgw_max_iter,
+            gradient=config.fgw_gradient,
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:

@@ -113,8 +113,20 @@ def load_madpot(
         raise CheckpointError(
             f"this checkpoint was written by method {checkpoint.meta.get('method')!r}, not madpot or mvfa"
         )
-    backbone = checkpoint_backbone(checkpoint.meta, backbone, device, "MADPOT")
+    backbone = checkpoint_text_backbone(checkpoint.meta, backbone, device)
     return MadpotDetector(model_from_checkpoint(checkpoint, backbone), backbone, checkpoint.meta)
+
+
+def checkpoint_text_backbone(
+    meta: dict[str, Any], backbone: VisionLanguageBackbone | str | None, device: torch.device | str | None
+) -> VisionLanguageBackbone:
+    """The backbone a MADPOT / MVFA checkpoint was trained on, **with** its text tower (the prompts
+    and the fixed ensembles run through it); a given backbone must be that one."""
+    if backbone is None or isinstance(backbone, str):
+        from medot.backbones import create_backbone
+
+        backbone = create_backbone(backbone or meta["backbone"], device=device)
+    return checkpoint_backbone(meta, backbone, device, "MADPOT")
 
 
 def layer_geometry(backbone: VisionLanguageBackbone) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:

@@ -35,10 +35,13 @@ features :math:`y_s, y_t \in \mathbb{R}^{B\times D}`, exactly as VICReg's refere
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medot.errors import OTConvergenceWarning
 from medot.ot import cosine_cost, sinkhorn, squared_euclidean_cost
 
 VICREG_SIM, VICREG_STD, VICREG_COV = 25.0, 25.0, 1.0
@@ -62,9 +65,12 @@ def covariance_term(z: Tensor) -> Tensor:
 
 def ot_plan(q_s: Tensor, q_t: Tensor, epsilon: float = 0.1, max_iter: int = 100) -> Tensor:
     """Entropic plans ``[B, N, M]`` between detached tokens on the cost ``1 - cos`` (uniform
-    marginals, float32 at least; no gradient)."""
+    marginals, float32 at least; no gradient). The iteration cap is the method's setting (at most
+    100): a plan still above the solver's tolerance there is used as it is (its rows are exact,
+    the columns close), so the solver's convergence warning is not raised every training step."""
     dtype = torch.promote_types(q_s.dtype, torch.float32)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", OTConvergenceWarning)
         cost = cosine_cost(q_s.detach().to(dtype), q_t.detach().to(dtype))
         return sinkhorn(cost, epsilon=epsilon, max_iter=max_iter, gradient="envelope").plan
 

@@ -117,10 +117,10 @@ def load_anomaly_detector(
         return PatchCoreDetector(model, checkpoint_backbone(checkpoint.meta, backbone, device, "PatchCore"),
                                  checkpoint.meta)
     if method in ("madpot", "mvfa"):
-        from medot.methods.madpot.detector import MadpotDetector
+        from medot.methods.madpot.detector import MadpotDetector, checkpoint_text_backbone
         from medot.methods.madpot.detector import model_from_checkpoint as madpot_from_checkpoint
 
-        owner = checkpoint_backbone(checkpoint.meta, backbone, device, "MADPOT")
+        owner = checkpoint_text_backbone(checkpoint.meta, backbone, device)
         return MadpotDetector(madpot_from_checkpoint(checkpoint, owner), owner, checkpoint.meta)
     raise CheckpointError(
         f"{path} holds a {method!r} model; predict-anomaly reads PRADOT and PatchCore checkpoints "
