@@ -146,7 +146,7 @@ def kmat_coupling(artefacts: KMaTArtefacts, alpha: float | None = None, epsilon:
         cost=transport.cost,
         structure_high=transport.high_structure,
         structure_low=transport.low_structure,
-        value=float(transport.loss),
+        value=float(transport.value),  # E(plan), as labelled; the loss adds the entropy
         alpha=alpha,
         epsilon=epsilon,
     )
