@@ -42,7 +42,9 @@ def _kmat(arguments: Mapping[str, Any], home: Path, data_root: Path) -> None:
             f"({', '.join(PAPER_TASKS)}), a task folder {FOLDER_LAYOUT}, or a task JSON file under the data root "
             f"(format: docs/methods/kmat.md); {error}"
         ) from None
-    task.require_descriptions(arguments.get("method", "kmat"))
+    method = arguments.get("method", "kmat")  # the command's default; None: a bare dataset, no method yet
+    if method is not None:
+        task.require_descriptions(method)
 
 
 def _pradot(arguments: Mapping[str, Any], home: Path, data_root: Path) -> None:  # noqa: ARG001 - same signature
@@ -66,8 +68,8 @@ def check_job_dataset(method: str, arguments: Mapping[str, Any] | str | None, ho
     """Raise :class:`JobError` saying why a ``method`` job with the checked ``arguments`` (or just
     its dataset) could not read its ``dataset`` (``synthetic``, a paper task name or an absolute
     path inside the data root)."""
-    if not isinstance(arguments, Mapping):
-        arguments = {"dataset": arguments}
+    if not isinstance(arguments, Mapping):  # a bare dataset: what the method needs beyond it is not checked
+        arguments = {"dataset": arguments, "method": None}
     check = DATASET_CHECKS.get(method)
     dataset = arguments.get("dataset")
     if check is None or dataset is None or dataset == SYNTHETIC:
