@@ -284,7 +284,8 @@ def test_browser_classifies_an_upload(app):
             page.locator("#classify-upload input[type=file]").set_input_files(str(_example("ct_opacity.png")))
             page.wait_for_timeout(500)
             page.locator("#classify-button").click()
-            page.locator("#probabilities").get_by_text("%").first.wait_for(timeout=60_000)
+            # the component's own label mentions "%" too: wait for a class name, which only a result shows
+            page.locator("#probabilities").get_by_text("opacity").first.wait_for(timeout=120_000)
             text = page.locator("#probabilities").inner_text()
             page.screenshot(path=str(out / "app_classify.png"), full_page=True)
         finally:
