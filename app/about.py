@@ -15,8 +15,9 @@ from medot.backbones import BackboneStatus
 DESCRIPTION = (
     "medot runs optimal-transport methods on frozen vision-language backbones: it scores an image "
     "against class labels (zero-shot, or with prompts trained by K-MaT and its baselines), shows how "
-    "the learned prompts of two modalities relate, and localises anomalies with PRADOT. The Train tab "
-    "fits these models on a few labelled images of your own."
+    "the learned prompts of two modalities relate, localises anomalies with PRADOT (normal images only) "
+    "or MADPOT (a few labelled normal and abnormal images), and shows the dense correspondences an "
+    "OPTiML-pretrained encoder learned. The Train tab fits these models on images of your own."
 )
 INTENDED_USE = (
     "**Intended use:** research and teaching, on de-identified images. "
