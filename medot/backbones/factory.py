@@ -41,6 +41,13 @@ def resolve_auto(name: str) -> str:
     return BIOMEDCLIP if biomedclip_status().available else LITE
 
 
+def default_device(name: str | None = None) -> str:
+    """``name`` as given, or for ``None`` / ``""`` / ``"auto"``: CUDA when present, else CPU."""
+    if name and name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def create_backbone(
     name: str = AUTO, device: torch.device | str | None = None, *, image_only: bool = False
 ) -> VisionLanguageBackbone:
@@ -50,7 +57,7 @@ def create_backbone(
     it is accepted only when the caller needs the image side alone (``image_only=True``, which
     may then return an :class:`~medot.backbones.base.ImageBackbone`) and refused otherwise."""
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     name = resolve_auto(name.strip())
     if name.startswith(ENCODER_PREFIX):
         if not image_only:

@@ -178,11 +178,9 @@ def _config(args: argparse.Namespace, backbone: Any, device: str = "cpu"):
 
 
 def _device(args: argparse.Namespace) -> str:
-    import torch
+    from medot.backbones.factory import default_device
 
-    if args.device and args.device != "auto":
-        return args.device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return default_device(args.device)
 
 
 def _data_root(data: str) -> str:
