@@ -262,3 +262,4 @@ def test_cli_says_which_preset_applies_and_why(capsys) -> None:
     assert (config.layers, config.epochs, config.init, config.warm_start) == (("stride8", "stride16"), 3, "uniform",
                                                                              False)
     assert "PRADOT preset paper:" in capsys.readouterr().out
+    assert _config(parser.parse_args(["--init", "kmeans++"]), Backbone(), "cpu").init == "kmeans++"
