@@ -105,8 +105,10 @@ def first_umap(warm: bool) -> tuple[float, float]:
     port = _free_port()
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "MEDOT_HOME": home, "MEDOT_PORT": str(port), "HF_HUB_OFFLINE": "1",
-               "MEDOT_WARM_UMAP": "1" if warm else "0"}
-        env.pop("NUMBA_CACHE_DIR", None)
+               "MEDOT_WARM_UMAP": "1" if warm else "0",
+               # both apps on their own empty cache, the one the warm-up uses ($MEDOT_HOME/cache/numba):
+               # without it the warm-up-off app would read and fill numba's cache next to umap's sources
+               "NUMBA_CACHE_DIR": str(Path(home) / "cache" / "numba")}
         model = write_stored_kmat(Path(home) / "models" / "stored" / "model")
         process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
