@@ -72,8 +72,11 @@ def main() -> None:
     parser.add_argument("--skip-table", action="store_true")
     parser.add_argument("--inference-only", action="store_true",
                         help="only (c), on an untrained model (inference cost does not depend on the weights)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the epochs (sizing runs)")
+    parser.add_argument("--views", type=int, default=None, help="override the views per support image")
     args = parser.parse_args()
     views, epochs, seeds, cases = (4, 10, [1], 8) if args.quick else (16, 60, [1, 2, 3], 20)
+    views, epochs = args.views or views, args.epochs or epochs
     device = args.device
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     backbone = create_backbone(args.backbone, device=device)

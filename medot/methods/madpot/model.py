@@ -201,7 +201,7 @@ def _plans(similarity: Tensor, config: MadpotConfig) -> Tensor:
 
 
 def pot_from_similarity(similarity: Tensor, plan: Tensor, logit_scale: float) -> TransportOutput:
-    """POT outputs from cosines ``[B, 2, M, K]`` and their plans (same shape, no gradient):
+    r"""POT outputs from cosines ``[B, 2, M, K]`` and their plans (same shape, no gradient):
     :math:`z_c = \tau^{-1}\sum_{ik}\Gamma^c_{ik}\cos_{ik} / \sum_{ik}\Gamma^c_{ik}` and the per-patch
     :math:`\tau^{-1}\sum_k\Gamma^c_{ik}\cos_{ik} / \sum_k\Gamma^c_{ik}`."""
     weighted = plan * similarity
