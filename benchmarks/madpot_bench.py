@@ -130,7 +130,16 @@ def main() -> None:
         text_time[0] += time.perf_counter() - t0
         return out
 
+    real_solver = madpot_model.entropic_partial_wasserstein
+    cycles: list[int] = []
+
+    def counted_solver(*a, **k):
+        result = real_solver(*a, **k)
+        cycles.extend(result.diagnostics.iterations.flatten().tolist())
+        return result
+
     madpot_model.transport_plans = timed_plans
+    madpot_model.entropic_partial_wasserstein = counted_solver
     task.model.object_prompts = timed_prompts
     try:
         for batch in batches:
@@ -149,12 +158,17 @@ def main() -> None:
             reencoded.append(time.perf_counter() - t0)
     finally:
         madpot_model.transport_plans = real_plans
+        madpot_model.entropic_partial_wasserstein = real_solver
         del task.model.object_prompts
     ratio = statistics.median(reencoded) / statistics.median(cached)
     print(f"    step on cached tokens {1000 * statistics.median(cached):.0f} ms vs re-encoding the batch first "
           f"{1000 * statistics.median(reencoded):.0f} ms: cache {ratio:.1f}x faster (target >= 10x)")
     print(f"(b) share of a training step in partial OT: {100 * statistics.median(ot_share):.0f} % (target < 30 %); "
           f"text-tower forward (2K prompts, once per step): {100 * statistics.median(text_share):.0f} %")
+    if cycles:
+        print(f"    Dykstra cycles per partial-OT problem after training (cap {config.ot_iterations}): median "
+              f"{statistics.median(cycles):.0f}, max {max(cycles)}, {sum(c >= config.ot_iterations for c in cycles)} "
+              f"of {len(cycles)} at the cap")
 
     import ot
 
