@@ -337,3 +337,22 @@ def test_epoch_selection_uses_valid_images_outside_the_support_never_test(backbo
     assert all("val_score" in record for record in fitted.result.history)
     best = max(fitted.result.history, key=lambda record: record["val_score"])
     assert fitted.result.best_epoch == best["epoch"]
+
+
+def test_scoring_reuses_the_prompts_until_the_context_changes(backbone, encoded):
+    _, enc = encoded
+    model = _model(backbone, encoded).eval()
+    tokens = {layer: t[:2] for layer, t in enc.tokens.items()}
+    calls = []
+    original = model.prompts.forward
+    model.prompts.forward = lambda index: calls.append(index) or original(index)
+    first = model(tokens, (16, 16))
+    again = model(tokens, (16, 16))
+    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    with torch.no_grad():
+        model.prompts.context.add_(0.5)  # what an optimiser step does
+    changed = model(tokens, (16, 16))
+    assert len(calls) == 2 and not torch.equal(changed[1], first[1])
+    with torch.enable_grad():
+        model.object_prompts(torch.zeros(2, dtype=torch.long))  # training: always through the tower
+    assert len(calls) == 3

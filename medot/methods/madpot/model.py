@@ -278,6 +278,7 @@ class MadpotModel(nn.Module):
         )
         self.prompts = MultiPrompts(backbone, object_names, config.n_prompts, config.n_ctx)
         self.object_index = 0
+        self._prompt_cache: dict[int, tuple[tuple, Tensor]] = {}
 
     @property
     def object_names(self) -> list[str]:
@@ -302,8 +303,21 @@ class MadpotModel(nn.Module):
     def object_prompts(self, object_index: Tensor) -> Tensor:
         """``[B, 2, K, D]`` prompts of each image's object (text tower run once per distinct object)."""
         unique = object_index.unique().tolist()
-        encoded = {index: self.prompts(int(index)) for index in unique}
+        encoded = {index: self._object_prompts(int(index)) for index in unique}
         return torch.stack([encoded[int(index)] for index in object_index.tolist()])
+
+    def _object_prompts(self, index: int) -> Tensor:
+        """``[2, K, D]`` prompts of one object; without autograd (scoring) they are kept until the
+        context changes (an optimiser step or a loaded checkpoint bumps its version) or moves."""
+        if torch.is_grad_enabled():
+            return self.prompts(index)
+        context = self.prompts.context
+        key = (index, context._version, context.data_ptr(), context.device)
+        cached = self._prompt_cache.get(index)
+        if cached is None or cached[0] != key:
+            cached = (key, self.prompts(index))
+            self._prompt_cache[index] = cached
+        return cached[1]
 
     def layer_outputs(self, tokens: Mapping[str, Tensor], prompts: Tensor) -> dict[str, LayerOutput]:
         """Per layer: adapted features and the enabled branches' logits.
