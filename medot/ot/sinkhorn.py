@@ -36,11 +36,12 @@ twice (:func:`~medot.ot._kernels.scaling_pair`: with :math:`E = \exp(\mathbf{K} 
 \psi)`, the ``f`` update is :math:`\phi \leftarrow \phi - \log E\mathbf{b}` and the next ``g``
 update :math:`\psi \leftarrow \psi - \log E^\top(\mathbf{a} / E\mathbf{b})`, the same iterates
 as the two log-sum-exp reductions); it falls back to the reductions for any iteration whose
-scaling sums leave :math:`[\text{tiny}^{1/4}, \text{tiny}^{-1/4}]` (poor starts at small
-:math:`\varepsilon`). Exponentiation bounds a log-domain solver from below: on the 2-core VM the
-PRADOT-sized solve runs within a few percent of one ``torch.exp`` pass per iteration
-(``benchmarks/ot_threads_bench.py``). With a graph to record, or off the CPU, the two reductions
-are used.
+scaling sums leave :math:`[\text{tiny}^{1/8}, \text{tiny}^{-1/8}]` (poor starts at small
+:math:`\varepsilon`). Without a graph, exponentials that would fall within 2**40 of float's
+subnormal range (float32: below ~1e-26 of a row's largest term) are set to exactly 0 (subnormal
+arithmetic is many times slower on x86; these terms are below the sums' rounding). One exponentiation per entry and iteration is
+the floor of a log-domain solver; ``benchmarks/ot_threads_bench.py`` times the solve against it.
+With a graph to record, or off the CPU, the two reductions are used.
 
 **Stopping.** After each ``f`` update the rows are exact, :math:`\boldsymbol\Gamma\mathbf{1} =
 \mathbf{a}`; the column error :math:`\|\boldsymbol\Gamma^\top\mathbf{1} - \mathbf{b}\|_1` comes for
@@ -216,11 +217,12 @@ def _column_update(log_kernel: Tensor, log_a: Tensor, phi: Tensor) -> Tensor:
     return -logsumexp_shifted(log_kernel, log_a + phi, dim=-2)
 
 
-def _check_columns(stopping: BatchStopping, b: Tensor, ratio: Tensor, completed: int, tol: float) -> bool:
-    """Column error ``||b * ratio - b||_1`` (``ratio``: the plan's column sums over ``b``); True to stop."""
+def _check_columns(stopping: BatchStopping, b: Tensor, ratio, completed: int, tol: float) -> bool:
+    """Column error ``||b * ratio - b||_1`` (``ratio``: the plan's column sums over ``b``, or a
+    callable giving them, evaluated only when the test runs); True to stop."""
     if tol <= 0 or completed == 0:
         return False
-    column_error = (b * ratio - b).abs().sum(-1)
+    column_error = (b * (ratio() if callable(ratio) else ratio) - b).abs().sum(-1)
     return stopping.stop(column_error < tol, completed, failed=~torch.isfinite(column_error))
 
 
@@ -230,7 +232,7 @@ def _log_sum_exp_loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stoppin
     completed = 0
     for completed in range(max_iter):
         psi_new = _column_update(log_kernel, log_a, phi)
-        if _check_columns(stopping, b, torch.exp(psi - psi_new), completed, tol):
+        if _check_columns(stopping, b, lambda: torch.exp(psi - psi_new), completed, tol):
             break
         psi = stopping.keep(psi_new, psi)
         phi = stopping.keep(_row_update(log_kernel, log_b, psi), phi)
