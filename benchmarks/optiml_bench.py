@@ -6,9 +6,14 @@ pairs for each encoder (``lite``, ``resnet18``), through :class:`medot.train.Tra
 from the trainer's first "step" to the last; images/s counts source images (two views each).
 (b) **OT share**: time inside :func:`medot.methods.optiml.losses.ot_plan` (wrapped with a timer)
 over the whole step time, same runs.
-(c) **peak memory**: CUDA ``max_memory_allocated`` per batch size when a GPU is present; on the CPU
-the growth of the process's peak RSS (``ru_maxrss``) during the run, per batch size, each batch size
-in a fresh process (RSS peaks never go down).
+(c) **peak memory** per batch size, each (encoder, batch size) in a fresh process: CUDA
+``max_memory_allocated`` when a GPU is present; on the CPU the growth of the process's resident set
+during training: the kernel's high-water mark ``VmHWM`` is reset (``echo 5 > /proc/self/clear_refs``)
+once the model and the batches exist, and ``peak growth = VmHWM after the steps - VmRSS at the
+reset`` (activations, gradients, LARS state, allocator caches of the warm-up and timed steps). Where
+``clear_refs`` is not writable the growth of ``ru_maxrss`` is used instead (an underestimate when
+building the model peaked higher). ``tracemalloc`` is not used: it sees only Python's allocator,
+not torch's C++ tensor allocations, so it would report almost nothing.
 (d) **probe table** (``--probe``): pretrain each method on the synthetic pool for ``--epochs``, then
 ``medot eval linear`` at 10 % and 100 % labels, seeds 1 2 3; plus the untrained encoder ("init").
 Reported as measured, never tuned to.
@@ -17,6 +22,8 @@ Run from the repository root::
 
     python -m benchmarks.optiml_bench --quick                       # a few steps, batch 4
     python -m benchmarks.optiml_bench                               # (a)-(c), batch 8 and 16
+    python -m benchmarks.optiml_bench --batches 4 8 16 --steps 3    # as in benchmarks/README.md
+    python -m benchmarks.optiml_bench --stages 3 4 --encoders resnet18   # dense terms on two stages
     python -m benchmarks.optiml_bench --probe --encoder resnet18 --image-size 96 --epochs 10
 """
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -49,7 +57,21 @@ def _step_batches(batch: int, steps: int, size: int):
     return [(*views, *boxes)] * steps
 
 
-def measure(encoder: str, batch: int, steps: int, size: int, device: str) -> dict:
+def _status_kib(field: str) -> int | None:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def _reset_peak_rss() -> int | None:
+    """Reset the kernel's RSS high-water mark; the current RSS (KiB), or None where not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _status_kib("VmRSS")
+
+
+def measure(encoder: str, batch: int, steps: int, size: int, device: str, stages: tuple[int, ...] = (4,)) -> dict:
     """One timed run in this process (see the module docstring)."""
     ot_time = [0.0]
     original = losses.ot_plan
@@ -65,15 +87,16 @@ def measure(encoder: str, batch: int, steps: int, size: int, device: str) -> dic
         return plan
 
     model_module.losses.ot_plan = timed_ot_plan
-    config = OptimlConfig(encoder=encoder, image_size=size)
+    config = OptimlConfig(encoder=encoder, image_size=size, **({"stages": stages} if tuple(stages) != (4,) else {}))
     task = build_task(config, seed=0)
     run = PretrainRun(epochs=1, batch_size=batch, warmup_epochs=0, device=device, progress=False)
     clock: list[float] = []
     trainer = Trainer(run.train_config(None).__class__(**{**run.train_config(None).__dict__, "event_every_steps": 1}))
+    batches = _step_batches(batch, steps + 1, size)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_at_reset = _reset_peak_rss()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    batches = _step_batches(batch, steps + 1, size)
 
     def on_event(event):
         if event.kind == "step":
@@ -84,16 +107,19 @@ def measure(encoder: str, batch: int, steps: int, size: int, device: str) -> dic
     trainer.fit(task, lambda context: batches, on_event=on_event)
     model_module.losses.ot_plan = original
     seconds = clock[-1] - clock[0]
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if torch.cuda.is_available()
-        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    )
+    if torch.cuda.is_available():
+        peak, memory = torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"
+    elif rss_at_reset is not None:
+        peak, memory = (_status_kib("VmHWM") - rss_at_reset) / 1024, "VmHWM growth after clear_refs"
+    else:
+        peak, memory = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, "ru_maxrss growth"
     return {
-        "encoder": encoder, "batch": batch, "steps": steps, "size": size,
+        "encoder": encoder, "batch": batch, "steps": steps, "size": size, "stages": list(stages),
         "images_per_s": batch * steps / seconds, "seconds_per_step": seconds / steps,
-        "ot_share": ot_time[0] / seconds, "peak_mib": peak,
-        "memory": "cuda max_memory_allocated" if torch.cuda.is_available() else "peak RSS growth",
+        "ot_share": ot_time[0] / seconds, "peak_growth_mib": round(peak, 1), "memory": memory,
+        "rss_before_mib": round((rss_at_reset or rss_before) / 1024, 1),
+        "peak_rss_mib": round((_status_kib("VmHWM") or 0) / 1024, 1),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
     }
 
@@ -135,6 +161,7 @@ def main() -> None:
     parser.add_argument("--encoders", nargs="+", default=["lite", "resnet18"])
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--stages", type=int, nargs="+", default=[4], help="encoder stages with dense terms (default: 4)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--probe", action="store_true", help="(d) the synthetic linear-probe table instead")
     parser.add_argument("--encoder", default="resnet18", help="(d) encoder to pretrain")
@@ -146,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         encoder, batch, steps = args.worker
-        print(json.dumps(measure(encoder, int(batch), int(steps), SIZE, args.device)))
+        print(json.dumps(measure(encoder, int(batch), int(steps), SIZE, args.device, tuple(args.stages))))
         return
     if args.probe:
         probe_table(args)
@@ -156,7 +183,7 @@ def main() -> None:
     for encoder in args.encoders:
         for batch in batches:  # each in a fresh process: peak RSS is per process
             command = [sys.executable, "-m", "benchmarks.optiml_bench", "--worker", encoder, str(batch), str(steps),
-                       "--device", args.device]
+                       "--device", args.device, "--stages", *map(str, args.stages)]
             result = subprocess.run(command, capture_output=True, text=True, check=True)
             print(result.stdout.strip().splitlines()[-1], flush=True)
     print(f"load average after: {open('/proc/loadavg').read().split()[:3]}", flush=True)

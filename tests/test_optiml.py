@@ -9,7 +9,8 @@ import torch
 
 from medot.errors import MedotError
 from medot.methods.optiml import losses
-from medot.methods.optiml.config import OptimlConfig
+from medot.methods.optiml.config import STAGES, OptimlConfig
+from medot.methods.optiml.encoder import Encoder
 from medot.methods.optiml.data import view_pair
 from medot.methods.optiml.model import CVSIM, OptimlModel
 from medot.methods.optiml.views import (
@@ -19,6 +20,7 @@ from medot.methods.optiml.views import (
     make_view,
     mass_on_overlap,
     overlap_mask,
+    patch_centres,
     patch_rectangles,
 )
 
@@ -62,6 +64,46 @@ def test_nearest_neighbour_plan_has_unit_mass_on_the_nearest_tokens():
     # rows: s0 -> t1, s1 -> t0 (1/4 each); columns: t0 -> s1, t1 -> s0, t2 -> s1 (1/6 each)
     expected = torch.tensor([[0.0, 0.25 + 1 / 6, 0.0], [0.25 + 1 / 6, 0.0, 1 / 6]])
     torch.testing.assert_close(plan, expected)
+
+
+def test_location_matching_picks_the_geometrically_nearest_patches():
+    """VICRegL's location-based matching on a constructed crop pair, by hand. View s: the whole
+    image, 1 x 4 patches, centres at columns 0.125, 0.375, 0.625, 0.875 (row 0.5). View t: columns
+    [0.31, 0.89] of the image, flipped, 1 x 2 patches: t0 covers [0.60, 0.89] (centre 0.745), t1
+    covers [0.31, 0.60] (centre 0.455). Nearest in t: s0 -> t1 (0.33), s1 -> t1 (0.08), s2 -> t0
+    (0.12), s3 -> t0 (0.13); nearest in s: t0 -> s2 (0.12), t1 -> s1 (0.08). Top (2, 1): s1-t1 and
+    s2-t0 (mass 1/4 each), t1-s1 (mass 1/2)."""
+    box_s = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    box_t = torch.tensor([[0.0, 0.31, 1.0, 0.58, 1.0]], dtype=torch.float64)
+    centres_s, centres_t = patch_centres(box_s, (1, 4)), patch_centres(box_t, (1, 2))
+    torch.testing.assert_close(centres_t[0, :, 1], torch.tensor([0.745, 0.455], dtype=torch.float64))
+    plan = losses.location_plan(centres_s, centres_t, top_k=(2, 1))[0]
+    expected = torch.zeros(4, 2, dtype=plan.dtype)
+    expected[1, 1] = 0.25 + 0.5
+    expected[2, 0] = 0.25
+    torch.testing.assert_close(plan, expected)
+    # every match kept: each token's nearest, 1/8 per row of view s and 1/4 per column of view t
+    full = losses.location_plan(centres_s, centres_t, top_k=(0, 0))[0]
+    expected = torch.zeros(4, 2, dtype=plan.dtype)
+    expected[0, 1] = expected[1, 1] = expected[2, 0] = expected[3, 0] = 1 / 8
+    expected[2, 0] += 1 / 4
+    expected[1, 1] += 1 / 4
+    torch.testing.assert_close(full, expected)
+    # without the flip t0 is the left patch: s1 -> t0 (centre 0.455) instead
+    unflipped = box_t.clone()
+    unflipped[0, 4] = 0.0
+    plan = losses.location_plan(centres_s, patch_centres(unflipped, (1, 2)), top_k=(1, 1))[0]
+    assert plan[1, 0].item() == pytest.approx(1.0)
+    # top-k larger than the token count keeps every token
+    torch.testing.assert_close(losses.location_plan(centres_s, centres_t, top_k=(20, 4))[0], full)
+
+
+def test_feature_matching_top_k_keeps_the_closest_pairs():
+    q_s = torch.tensor([[[0.0, 0.0], [10.0, 0.0]]])
+    q_t = torch.tensor([[[9.0, 0.0], [1.0, 0.0], [50.0, 0.0]]])
+    # rows: s0 -> t1 (1), s1 -> t0 (1): tie, the lower index is kept; columns: t0 -> s1 (1) kept
+    plan = losses.nearest_neighbour_plan(q_s, q_t, top_k=(1, 1))[0]
+    torch.testing.assert_close(plan, torch.tensor([[0.0, 0.5, 0.0], [0.5, 0.0, 0.0]]))
 
 
 # ------------------------------------------------------------------ variance / covariance
@@ -205,7 +247,9 @@ TINY = {"image_size": 64, "projector": (32, 32, 32), "encoder": "resnet18"}
         ({"varcov": False}, {"ot"}, {"var", "cov"}),
         ({"global_weight": 1.0}, {"ot", "global_invariance", "global_variance", "global_covariance"}, {"nn"}),
         ({"method": "vicreg"}, {"global_invariance"}, {"ot", "nn", "var", "cov", "agree_ot"}),
-        ({"method": "vicregl"}, {"nn", "var", "cov", "global_invariance"}, {"ot"}),
+        ({"method": "vicregl"}, {"nn", "loc", "var", "cov", "global_invariance"}, {"ot"}),
+        ({"method": "vicregl", "ot": False}, {"var", "cov", "global_invariance"}, {"ot", "nn", "loc"}),
+        ({"stages": (3, 4)}, {"ot", "ot_stage3", "ot_stage4", "var_stage3", "agree_ot_stage3"}, {"nn"}),
     ],
 )
 def test_switches_remove_exactly_their_terms(changes, present, absent):
@@ -214,16 +258,53 @@ def test_switches_remove_exactly_their_terms(changes, present, absent):
     terms = OptimlModel(config)(*_batch())
     assert present <= set(terms) and not (absent & set(terms))
     # the total is exactly the weighted sum of the logged terms
-    total = 0.0
-    total += config.alpha * terms["ot"].item() if "ot" in terms else 0.0
-    total += config.alpha * terms["nn"].item() if "nn" in terms else 0.0
-    total += config.beta * terms["var"].item() if "var" in terms else 0.0
-    total += config.eta * terms["cov"].item() if "cov" in terms else 0.0
+    dense = 0.0
+    dense += config.alpha * terms["ot"].item() if "ot" in terms else 0.0
+    dense += config.alpha * (terms["nn"].item() + terms["loc"].item()) / 2 if "nn" in terms else 0.0
+    dense += config.beta * terms["var"].item() if "var" in terms else 0.0
+    dense += config.eta * terms["cov"].item() if "cov" in terms else 0.0
+    total = config.dense_weight * dense
     if "global_invariance" in terms:
         total += config.global_term_weight * (
             25 * terms["global_invariance"].item() + 25 * terms["global_variance"].item() + terms["global_covariance"].item()
         )
     assert terms["loss"].item() == pytest.approx(total, rel=1e-5)
+
+
+def test_vicregl_weights_global_and_local_by_alpha():
+    config = OptimlConfig(**TINY, method="vicregl")
+    assert (config.global_term_weight, config.dense_weight) == (0.75, 0.25)
+    assert config.vicregl_matches == (20, 4) and config.vicregl_nn_matches == (0, 0)
+    assert OptimlConfig(**TINY, method="vicregl", vicregl_alpha=0.9).dense_weight == pytest.approx(0.1)
+    assert OptimlConfig(**TINY).dense_weight == 1.0 and OptimlConfig(**TINY, method="vicreg").global_term_weight == 1.0
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "lite"])
+def test_stage_channel_table_matches_the_encoders_maps(arch):
+    encoder = Encoder(arch, pretrained=False).eval()
+    with torch.no_grad():
+        _, maps = encoder.forward_features(torch.rand(1, 3, 64, 64), tuple(STAGES.values()))
+    assert {name: m.shape[1] for name, m in maps.items()} == {name: encoder.layer_channels(name) for name in maps}
+    assert maps["stride16"].shape[-1] == 4 and maps["dense"].shape[-1] == 2  # strides 16 and 32
+
+
+def test_several_stages_add_per_stage_terms_and_leave_the_last_stage_unchanged():
+    torch.manual_seed(0)
+    two = OptimlModel(OptimlConfig(**TINY, stages=(4, 3)))
+    assert two.config.stages == (3, 4)
+    assert two.stage_projectors["3"].net[0].in_features == 256 and two.stage_cvsim["3"].norm_attention.normalized_shape == (256,)
+    one = OptimlModel(OptimlConfig(**TINY), Encoder("resnet18", pretrained=False))
+    # the single-stage model's parameters are exactly the two-stage model's minus the stage-3 modules
+    one.load_state_dict({k: v for k, v in two.state_dict().items() if not k.startswith("stage_")}, strict=True)
+    batch = _batch()
+    terms_two, terms_one = two(*batch), one(*batch)
+    for name in ("ot", "var", "cov", "agree_ot", "agree_nn"):
+        torch.testing.assert_close(terms_two[f"{name}_stage4"], terms_one[name])
+        torch.testing.assert_close(terms_two[name], (terms_two[f"{name}_stage3"] + terms_two[f"{name}_stage4"]) / 2)
+    stage3 = 25 * terms_two["ot_stage3"] + 25 * terms_two["var_stage3"] + terms_two["cov_stage3"]
+    torch.testing.assert_close(terms_two["loss"], (stage3 + terms_one["loss"]) / 2)
+    terms_two["loss"].backward()
+    assert two.stage_projectors["3"].net[0].weight.grad.abs().sum() > 0
 
 
 def test_no_cvsim_builds_no_cross_attention_and_baselines_never_do():
@@ -239,3 +320,9 @@ def test_config_errors_are_one_line_messages():
         OptimlConfig(epsilon=0)
     with pytest.raises(MedotError, match="global_weight must be > 0"):
         OptimlConfig(method="vicreg", global_weight=0)
+    with pytest.raises(MedotError, match=r"stages \[3\]: .*always with 4"):
+        OptimlConfig(stages=(3,))
+    with pytest.raises(MedotError, match="vicregl_alpha must be in"):
+        OptimlConfig(method="vicregl", vicregl_alpha=1.5)
+    with pytest.raises(MedotError, match="encoder tiny has no stride16 stage"):
+        OptimlModel(OptimlConfig(encoder="tiny", image_size=64, stages=(3, 4)))

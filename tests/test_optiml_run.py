@@ -186,6 +186,8 @@ def test_label_fractions_are_seeded_stratified_subsets(tmp_path):
         (["train", "optiml", "--data", "x", "--no-ot", "--no-varcov"], "leaves no loss term"),
         (["train", "optiml", "--data", "x", "--method", "vicreg", "--no-cvsim"], "vicreg has none"),
         (["train", "optiml", "--data", "x", "--epsilon", "0"], "epsilon must be > 0"),
+        (["train", "optiml", "--data", "x", "--stages", "3"], "always with 4 (the final map)"),
+        (["train", "optiml", "--data", "x", "--method", "vicregl", "--vicregl-alpha", "2"], "vicregl_alpha must be in"),
         (["eval", "linear", "--encoder", "/nonexistent/enc", "--data", "x"], "no encoder checkpoint there"),
         (["eval", "linear", "--encoder", "tiny", "--data", "x", "--fractions", "0"], "percentages in"),
         (["eval", "finetune", "--encoder", "tiny", "--data", "/nonexistent"], "train/<class>/ and test/<class>/"),

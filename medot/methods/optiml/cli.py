@@ -49,6 +49,20 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
         "--global-weight", type=float, default=None,
         help="weight of the global VICReg term on pooled features (default: 0 for optiml, 1 for the baselines)",
     )
+    train.add_argument(
+        "--stages", type=int, nargs="+", default=[4], metavar="K",
+        help="encoder stages with dense terms, by ResNet stage number: 4 = the final map (always on), 3 = "
+        "stride 16 (ResNet layer3, lite block 4), 2 = stride 8; each stage gets its own CV-SIM, projector, "
+        "plan and var/cov, and the dense loss is their mean (default: 4)",
+    )
+    train.add_argument(
+        "--vicregl-alpha", type=float, default=0.75,
+        help="vicregl: weight of the global VICReg term; the local terms get 1 - alpha (VICRegL's default 0.75)",
+    )
+    train.add_argument(
+        "--num-matches", type=int, nargs=2, default=[20, 4], metavar=("K_S", "K_T"),
+        help="vicregl: location-based matches kept per direction, the spatially closest first (VICRegL: 20 4)",
+    )
     train.add_argument("--epsilon", type=float, default=0.1, help="Sinkhorn entropic regularisation (default: 0.1)")
     train.add_argument("--sinkhorn-iterations", type=int, default=100, help="Sinkhorn iterations at most (default: 100)")
     train.add_argument("--image-size", type=int, default=224, help="view size in pixels (default: 224)")
@@ -100,6 +114,9 @@ def _config(args: argparse.Namespace):
         epsilon=args.epsilon,
         sinkhorn_iterations=args.sinkhorn_iterations,
         global_weight=args.global_weight,
+        stages=tuple(args.stages),
+        vicregl_alpha=args.vicregl_alpha,
+        vicregl_matches=tuple(args.num_matches),
     )
     if config.method == "vicreg" and (args.no_cvsim or args.no_ot or args.no_varcov):
         raise MedotError("--no-cvsim/--no-ot/--no-varcov switch off dense terms; vicreg has none (use optiml or vicregl)")

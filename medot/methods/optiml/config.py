@@ -6,11 +6,15 @@ One config selects the method by name and the ablation switches; every method sh
 * ``optiml`` - CV-SIM + dense projector + dense OT loss + dense var/cov (+ optional global VICReg);
 * ``vicreg`` - global VICReg only (Bardes et al., ICLR 2022): invariance, variance, covariance of
   the pooled, projected features;
-* ``vicregl`` - dense VICReg with nearest-neighbour matching of the projected tokens instead of OT
-  (the feature-space branch of VICRegL, Bardes et al., NeurIPS 2022), plus the global VICReg term.
+* ``vicregl`` - VICRegL (Bardes, Ponce & LeCun, NeurIPS 2022): dense VICReg whose tokens are paired by
+  nearest neighbours instead of OT - the average of its feature-based (L2) and location-based (crop
+  geometry, top-(20, 4)) matchings - weighted ``1 - alpha`` against the global VICReg term's ``alpha``
+  (VICRegL's ``alpha = 0.75``).
 
 Switches: ``cvsim=False`` (no cross-view attention), ``varcov=False`` (no dense var/cov terms),
-``ot=False`` (no dense matching term). Defaults and their sources are in docs/methods/optiml.md.
+``ot=False`` (no dense matching term). ``stages`` adds dense terms on earlier encoder stages (one
+CV-SIM, projector, plan and var/cov per stage, averaged over the stages). Defaults and their
+sources are in docs/methods/optiml.md.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from medot.errors import MedotError
 
 METHODS = ("optiml", "vicreg", "vicregl")
 ENCODERS = ("resnet18", "resnet50", "lite", "tiny")
+#: dense stages by ResNet stage number: block outputs at stride 8 (layer2), 16 (layer3), and the
+#: final dense map (4: layer4, or lite's 1280-channel head map); lite's blocks at the same strides
+STAGES = {2: "stride8", 3: "stride16", 4: "dense"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,12 @@ class OptimlConfig:
     * ``projector``: widths of the dense (1x1-conv) and global projectors (BN + ReLU between);
     * ``global_weight``: weight of the global VICReg term on pooled features (0 = off; None =
       the method's default, see :attr:`global_term_weight`);
-    * ``cvsim_heads``, ``cvsim_ffn_ratio``: CV-SIM's attention heads and FFN width ratio.
+    * ``cvsim_heads``, ``cvsim_ffn_ratio``: CV-SIM's attention heads and FFN width ratio;
+    * ``stages``: encoder stages whose dense tokens get the dense terms (:data:`STAGES`; must hold 4,
+      the final map; default ``(4,)``: the last stage only);
+    * ``vicregl_alpha``: VICRegL's weight of the global term (local: ``1 - vicregl_alpha``);
+    * ``vicregl_matches``: VICRegL's location-based top-k per direction (``num_matches``);
+    * ``vicregl_nn_matches``: the feature-based top-k per direction (0 = all: VICRegL's default).
     """
 
     method: str = "optiml"
@@ -55,9 +67,16 @@ class OptimlConfig:
     cvsim_heads: int = 8
     cvsim_ffn_ratio: int = 2
     min_scale: float = 0.2
+    stages: tuple[int, ...] = (4,)
+    vicregl_alpha: float = 0.75
+    vicregl_matches: tuple[int, int] = (20, 4)
+    vicregl_nn_matches: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "projector", tuple(int(d) for d in self.projector))
+        object.__setattr__(self, "stages", tuple(sorted({int(k) for k in self.stages})))
+        object.__setattr__(self, "vicregl_matches", tuple(int(k) for k in self.vicregl_matches))
+        object.__setattr__(self, "vicregl_nn_matches", tuple(int(k) for k in self.vicregl_nn_matches))
         problems = []
         if self.method not in METHODS:
             problems.append(f"method {self.method!r}: choose one of {', '.join(METHODS)}")
@@ -77,6 +96,18 @@ class OptimlConfig:
             problems.append("cvsim_heads and cvsim_ffn_ratio must be >= 1")
         if not 0 < self.min_scale <= 1:
             problems.append(f"min_scale must be in (0, 1], got {self.min_scale}")
+        if not set(self.stages) <= set(STAGES) or 4 not in self.stages:
+            problems.append(
+                f"stages {list(self.stages)}: choose among {', '.join(map(str, STAGES))}, always with 4 (the final map)"
+            )
+        if self.method == "vicreg" and self.stages != (4,):
+            problems.append("vicreg has no dense terms: stages other than 4 do not apply")
+        if not 0 <= self.vicregl_alpha <= 1:
+            problems.append(f"vicregl_alpha must be in [0, 1], got {self.vicregl_alpha}")
+        if len(self.vicregl_matches) != 2 or min(self.vicregl_matches) < 1:
+            problems.append(f"vicregl_matches must be two counts >= 1, got {list(self.vicregl_matches)}")
+        if len(self.vicregl_nn_matches) != 2 or min(self.vicregl_nn_matches) < 0:
+            problems.append(f"vicregl_nn_matches must be two counts >= 0 (0: all), got {list(self.vicregl_nn_matches)}")
         if self.method == "vicreg" and self.global_term_weight == 0:
             problems.append("vicreg is the global term only: global_weight must be > 0")
         if problems:
@@ -84,11 +115,18 @@ class OptimlConfig:
 
     @property
     def global_term_weight(self) -> float:
-        """``global_weight``, or by default 1 for the baselines (VICReg's loss; VICRegL's global
-        branch) and 0 for ``optiml`` (the issue makes the global term optional)."""
+        """``global_weight``, or by default 1 for ``vicreg`` (VICReg's loss), ``vicregl_alpha``
+        (0.75) for ``vicregl`` (VICRegL's global branch) and 0 for ``optiml`` (the issue makes the
+        global term optional)."""
         if self.global_weight is not None:
             return float(self.global_weight)
-        return 0.0 if self.method == "optiml" else 1.0
+        return {"optiml": 0.0, "vicreg": 1.0}.get(self.method, float(self.vicregl_alpha))
+
+    @property
+    def dense_weight(self) -> float:
+        """Weight of the dense (local) terms: ``1 - vicregl_alpha`` for ``vicregl`` (VICRegL's
+        ``(1 - alpha)``), 1 otherwise (OPTiML's loss has its own alpha, beta, eta)."""
+        return 1.0 - float(self.vicregl_alpha) if self.method == "vicregl" else 1.0
 
     @property
     def dense(self) -> bool:
@@ -109,7 +147,8 @@ class OptimlConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["projector"] = list(self.projector)
+        for name in ("projector", "stages", "vicregl_matches", "vicregl_nn_matches"):
+            data[name] = list(data[name])
         return data
 
     @classmethod

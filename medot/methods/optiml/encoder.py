@@ -31,6 +31,13 @@ from medot.errors import CheckpointError
 ENCODER_METHOD = "optiml-encoder"
 IMAGENET_PREPROCESS = Preprocess(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
 CHANNELS = {"resnet18": 512, "resnet50": 2048, "lite": 1280, "tiny": 64}
+#: channels of the block outputs at strides 8 and 16 (ResNet layer2 / layer3; lite's blocks 2 / 4)
+STAGE_CHANNELS = {
+    "resnet18": {"stride8": 128, "stride16": 256},
+    "resnet50": {"stride8": 512, "stride16": 1024},
+    "lite": {"stride8": 40, "stride16": 112},
+    "tiny": {},
+}
 #: layers :meth:`Encoder.forward_features` can return: block outputs at strides 8/16/32 and the
 #: final dense map (``dense``; the same as ``stride32`` for the ResNets)
 FEATURE_LAYERS = ("stride8", "stride16", "stride32", "dense")
@@ -101,6 +108,17 @@ class Encoder(nn.Module):
         return [("", trunk[0]), ("", trunk[1])] + [
             (by_stride.get(index, ""), block) for index, block in enumerate(blocks)
         ] + [("", trunk[3]), ("", trunk[4])]
+
+    def layer_channels(self, layer: str) -> int:
+        """Channels of the feature map ``layer`` (``dense`` or a block output at stride 8 / 16)."""
+        if layer == "dense":
+            return self.channels
+        if layer not in STAGE_CHANNELS[self.arch]:
+            from medot.errors import MedotError
+
+            earlier = ", ".join(STAGE_CHANNELS[self.arch]) or "none (one stage only)"
+            raise MedotError(f"encoder {self.arch} has no {layer} stage for dense terms; earlier stages: {earlier}")
+        return STAGE_CHANNELS[self.arch][layer]
 
     def normalize(self, grey: Tensor) -> Tensor:
         """``[B, 1, S, S]`` grey views in [0, 1] -> normalised ``[B, 3, S, S]`` encoder inputs."""

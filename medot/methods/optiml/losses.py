@@ -14,10 +14,20 @@ The issue writes :math:`N\sum_{ij}P_{ij}\|q_{s,i}-q_{t,j}\|^2`; the extra :math:
 term a per-dimension mean squared error like VICReg's invariance term (``F.mse_loss``), so that
 VICReg's weights 25/25/1 keep their balance (docs/methods/optiml.md).
 
-**Nearest-neighbour matching** (VICRegL's feature-space matching, the ``vicregl`` baseline): the
-plan puts mass :math:`1/(2N)` on :math:`(i, \arg\min_j \|q_{s,i} - q_{t,j}\|)` and
-:math:`1/(2M)` on :math:`(\arg\min_i \|q_{s,i} - q_{t,j}\|, j)`; the same formula turns it into a
-loss, so the two matchings share one code path.
+**Nearest-neighbour matchings** (VICRegL, Bardes, Ponce & LeCun, NeurIPS 2022; the ``vicregl``
+baseline), both as plans of total mass 1 so that the same formula turns them into a loss and OT and
+VICRegL differ only in the plan. For a distance :math:`d \in \mathbb{R}^{N\times M}` between the
+two views' tokens, :func:`matching_plan` pairs every token :math:`i` of view s with
+:math:`j(i) = \arg\min_j d_{ij}`, keeps the :math:`k_s` pairs of smallest :math:`d_{i j(i)}` (all
+when :math:`k_s = 0`) with mass :math:`1/(2k_s)` each, and likewise every token of view t with its
+nearest token of view s (:math:`k_t` pairs, mass :math:`1/(2k_t)`): VICRegL's
+``neirest_neighbores`` (top-:math:`\gamma` filtering), one direction per half of the mass.
+
+* feature-based (:func:`nearest_neighbour_plan`): :math:`d_{ij} = \|q_{s,i} - q_{t,j}\|`;
+  VICRegL keeps every match by default (``l2_all_matches = 1``);
+* location-based (:func:`location_plan`): :math:`d_{ij}` = distance between the source-image
+  centres of patch :math:`i` of view s and patch :math:`j` of view t (the recorded crop boxes);
+  VICRegL keeps :math:`\gamma = (20, 4)` pairs (``num_matches``).
 
 **Variance / covariance** (VICReg, Bardes et al. 2022, Eqs. 1-4) of a matrix :math:`Z \in
 \mathbb{R}^{n\times D}` (dense: the tokens stacked over batch x locations, :math:`n = BN`):
@@ -75,15 +85,38 @@ def ot_plan(q_s: Tensor, q_t: Tensor, epsilon: float = 0.1, max_iter: int = 100)
         return sinkhorn(cost, epsilon=epsilon, max_iter=max_iter, gradient="envelope").plan
 
 
-def nearest_neighbour_plan(q_s: Tensor, q_t: Tensor) -> Tensor:
-    """Symmetric nearest-neighbour matching as a plan ``[B, N, M]`` of total mass 1 (no gradient)."""
+def matching_plan(distance: Tensor, top_k: tuple[int, int] = (0, 0)) -> Tensor:
+    """Symmetric top-k nearest-neighbour matching of a distance ``[B, N, M]`` as a plan ``[B, N, M]``
+    of total mass 1 (see the module docstring; ``top_k = (k_s, k_t)``, 0 = every token, values above
+    the token count are clipped). Ties keep the lower index (stable sort)."""
     with torch.no_grad():
-        distance = torch.cdist(q_s.detach().float(), q_t.detach().float())
         batch, n, m = distance.shape
-        plan = distance.new_zeros(batch, n, m)
-        plan.scatter_add_(2, distance.argmin(dim=2, keepdim=True), distance.new_full((batch, n, 1), 0.5 / n))
-        plan.scatter_add_(1, distance.argmin(dim=1, keepdim=True), distance.new_full((batch, 1, m), 0.5 / m))
-        return plan
+        plan = distance.new_zeros(batch, n * m)
+        for dim, k in ((2, top_k[0]), (1, top_k[1])):
+            nearest_value, nearest = distance.min(dim=dim)  # [B, N] (rows) or [B, M] (columns)
+            count = nearest.shape[1]
+            k = count if k <= 0 else min(int(k), count)
+            kept = nearest_value.argsort(dim=1, stable=True)[:, :k]
+            partner = nearest.gather(1, kept)
+            flat = kept * m + partner if dim == 2 else partner * m + kept
+            plan.scatter_add_(1, flat, distance.new_full(flat.shape, 0.5 / k))
+        return plan.view(batch, n, m)
+
+
+def nearest_neighbour_plan(q_s: Tensor, q_t: Tensor, top_k: tuple[int, int] = (0, 0)) -> Tensor:
+    """VICRegL's feature-based matching (L2 nearest neighbours, both directions) as a plan
+    ``[B, N, M]`` of total mass 1 (no gradient); ``top_k`` as in :func:`matching_plan`."""
+    with torch.no_grad():
+        return matching_plan(torch.cdist(q_s.detach().float(), q_t.detach().float()), top_k)
+
+
+def location_plan(centres_s: Tensor, centres_t: Tensor, top_k: tuple[int, int] = (20, 4)) -> Tensor:
+    """VICRegL's location-based matching: for each patch of one view the spatially closest patch of
+    the other, by the distance between their source-image centres ``[B, N, 2]`` / ``[B, M, 2]``
+    (:func:`medot.methods.optiml.views.patch_centres`), top ``top_k`` per direction (VICRegL's
+    ``num_matches`` = (20, 4)); a plan ``[B, N, M]`` of total mass 1."""
+    with torch.no_grad():
+        return matching_plan(torch.cdist(centres_s.float(), centres_t.float()), top_k)
 
 
 def matching_loss(q_s: Tensor, q_t: Tensor, plan: Tensor) -> Tensor:

@@ -17,6 +17,19 @@ residual path (zeroed attention and FFN outputs give :math:`\tilde z = z`).
 the first two layers (VICRegL / DenseCL style), applied token-wise (a ``Linear`` on tokens with
 BatchNorm over batch x locations is exactly a 1x1 convolution with ``BatchNorm2d``). The global
 projector (VICReg's expander) has the same widths on pooled features.
+
+**Several stages** (``config.stages``, e.g. ``(3, 4)``): every stage ``k`` has its own CV-SIM and
+dense projector (the channel counts differ), its own plan on its own token grid, its own var/cov,
+and the dense loss is the mean over the stages, :math:`L_{dense} = \frac{1}{|K|}\sum_{k\in K}
+L_k` (each :math:`L_k` the one-stage loss below); the logged ``ot``, ``var``, ``cov``, ... are the
+means over the stages, ``ot_stage3``, ... each stage's own. With ``stages = (4,)`` (the default)
+the model, its parameters and its terms are exactly the one-stage ones.
+
+**Loss**: ``loss = w_g L_global + w_d L_dense`` with ``w_g`` = :attr:`OptimlConfig.global_term_weight`,
+``w_d`` = :attr:`OptimlConfig.dense_weight` and, per stage,
+:math:`L_k = \alpha L_{match} + \beta[v(q_s) + v(q_t)] + \eta[c(q_s) + c(q_t)]`, where
+:math:`L_{match}` is the OT term (``optiml``) or, for ``vicregl``, the mean of the feature-based and
+the location-based nearest-neighbour terms (``nn``, ``loc``).
 """
 
 from __future__ import annotations
@@ -27,10 +40,10 @@ import torch
 from torch import Tensor, nn
 
 from medot.methods.optiml import losses
-from medot.methods.optiml.config import OptimlConfig
+from medot.methods.optiml.config import STAGES, OptimlConfig
 from medot.methods.optiml.encoder import Encoder
 from medot.methods.optiml.sync import gather_rows
-from medot.methods.optiml.views import mass_on_overlap, overlap_mask
+from medot.methods.optiml.views import mass_on_overlap, overlap_mask, patch_centres
 
 
 class CVSIM(nn.Module):
@@ -100,12 +113,27 @@ class OptimlModel(nn.Module):
         )
         self.dense_projector = DenseProjector((channels, *config.projector)) if config.dense else None
         self.global_projector = mlp((channels, *config.projector)) if config.global_term_weight > 0 else None
+        # earlier stages (beyond the final map, stage 4): a CV-SIM and a projector each
+        earlier = [k for k in config.stages if k != 4] if config.dense else []
+        self.stage_cvsim = self.stage_projectors = None
+        if earlier:
+            width = {k: self.encoder.layer_channels(STAGES[k]) for k in earlier}
+            self.stage_projectors = nn.ModuleDict({str(k): DenseProjector((width[k], *config.projector)) for k in earlier})
+            if config.uses_cvsim:
+                self.stage_cvsim = nn.ModuleDict(
+                    {str(k): CVSIM(width[k], config.cvsim_heads, config.cvsim_ffn_ratio) for k in earlier}
+                )
 
     def forward(self, view_s: Tensor, view_t: Tensor, box_s: Tensor, box_t: Tensor) -> dict[str, Tensor]:
         config = self.config
-        both = self.encoder(self.encoder.normalize(torch.cat([view_s, view_t])))  # one BN batch
+        inputs = self.encoder.normalize(torch.cat([view_s, view_t]))  # one BN batch
+        if self.stage_projectors is None:
+            maps = {4: self.encoder(inputs)}
+        else:
+            final, named = self.encoder.forward_features(inputs, tuple(STAGES[int(k)] for k in self.stage_projectors))
+            maps = {int(k): named[STAGES[int(k)]] for k in self.stage_projectors} | {4: final}
+        both = maps[4]
         batch = view_s.shape[0]
-        grid = (both.shape[2], both.shape[3])
         tokens = both.flatten(2).transpose(1, 2)  # [2B, hw, C]
         terms: dict[str, Tensor] = {}
         loss = both.new_zeros(())
@@ -115,15 +143,35 @@ class OptimlModel(nn.Module):
             loss = loss + config.global_term_weight * vicreg["total"]
             terms.update({f"global_{name}": value for name, value in vicreg.items() if name != "total"})
         if self.dense_projector is not None:
-            z_s, z_t = tokens[:batch], tokens[batch:]
-            if self.cvsim is not None:
-                z_s, z_t = self.cvsim(z_s, z_t)
-            q = self.dense_projector(torch.cat([z_s, z_t]))
-            q_s, q_t = q[:batch], q[batch:]
-            dense_terms, dense_loss = self._dense_terms(q_s, q_t, box_s, box_t, grid)
-            terms.update(dense_terms)
-            loss = loss + dense_loss
+            per_stage = {k: self._stage_terms(k, maps[k], batch, box_s, box_t) for k in config.stages}
+            if len(per_stage) == 1:
+                stage_terms, dense_loss = per_stage[4]
+                terms.update(stage_terms)
+            else:
+                dense_loss = torch.stack([stage_loss for _, stage_loss in per_stage.values()]).mean()
+                for name in per_stage[4][0]:
+                    values = [stage_terms[name] for stage_terms, _ in per_stage.values()]
+                    terms[name] = torch.stack(values).mean()
+                    terms.update({f"{name}_stage{k}": value for k, value in zip(per_stage, values)})
+            loss = loss + config.dense_weight * dense_loss
         return {"loss": loss, **terms}
+
+    def _stage_terms(
+        self, stage: int, feature_map: Tensor, batch: int, box_s: Tensor, box_t: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """One stage's dense terms: (CV-SIM), projector, matching and var/cov on its own grid."""
+        if stage == 4:
+            cvsim, projector = self.cvsim, self.dense_projector
+        else:
+            cvsim = self.stage_cvsim[str(stage)] if self.stage_cvsim is not None else None
+            projector = self.stage_projectors[str(stage)]
+        grid = (feature_map.shape[2], feature_map.shape[3])
+        tokens = feature_map.flatten(2).transpose(1, 2)
+        z_s, z_t = tokens[:batch], tokens[batch:]
+        if cvsim is not None:
+            z_s, z_t = cvsim(z_s, z_t)
+        q = projector(torch.cat([z_s, z_t]))
+        return self._dense_terms(q[:batch], q[batch:], box_s, box_t, grid)
 
     def _dense_terms(
         self, q_s: Tensor, q_t: Tensor, box_s: Tensor, box_t: Tensor, grid: tuple[int, int]
@@ -139,11 +187,20 @@ class OptimlModel(nn.Module):
             plan_ot = plan_nn = torch.full(mask.shape, float("nan"), device=q_s.device)
         terms["agree_ot"] = mass_on_overlap(plan_ot, mask)
         terms["agree_nn"] = mass_on_overlap(plan_nn, mask)
-        if config.matching is not None:
-            plan = plan_ot if config.matching == "ot" else plan_nn
-            match = losses.matching_loss(q_s, q_t, plan)
-            terms["ot" if config.matching == "ot" else "nn"] = match
+        if config.matching == "ot":
+            terms["ot"] = match = losses.matching_loss(q_s, q_t, plan_ot)
             loss = loss + config.alpha * match
+        elif config.matching == "nn":  # VICRegL: feature-based and location-based matchings, averaged
+            plan_feature = (
+                plan_nn if config.vicregl_nn_matches == (0, 0)
+                else losses.nearest_neighbour_plan(q_s, q_t, config.vicregl_nn_matches)
+            )
+            plan_location = losses.location_plan(
+                patch_centres(box_s, grid).to(q_s.device), patch_centres(box_t, grid).to(q_s.device), config.vicregl_matches
+            )
+            terms["nn"] = losses.matching_loss(q_s, q_t, plan_feature)
+            terms["loc"] = losses.matching_loss(q_s, q_t, plan_location)
+            loss = loss + config.alpha * (terms["nn"] + terms["loc"]) / 2
         if config.varcov:
             # the global batch's statistics under torchrun (one process: the rows themselves)
             flat_s = gather_rows(q_s.reshape(-1, q_s.shape[-1]).float())

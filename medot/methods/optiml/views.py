@@ -20,7 +20,8 @@ then the grey channel is repeated three times and normalised with the encoder's 
 :math:`(t, l, H_b, W_b, f)` covers the source rectangle rows :math:`[t + H_b r/h, t + H_b(r+1)/h]`
 and columns :math:`[l + W_b c/w, l + W_b(c+1)/w]` (mirrored, :math:`c \to w-1-c`, when flipped).
 :func:`overlap_mask` marks the pairs of patches of two views whose rectangles intersect with
-positive area; :func:`centre_match` gives, for each patch of view s, the patch of view t whose
+positive area; :func:`patch_centres` gives each patch's centre in the source image;
+:func:`centre_match` gives, for each patch of view s, the patch of view t whose
 rectangle contains its centre (-1 when outside view t). :func:`mass_on_overlap` is the share of a
 matching plan's mass that lands on overlapping pairs - the diagnostic the issue asks for.
 """
@@ -153,6 +154,14 @@ def patch_rectangles(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
     return rect.reshape(len(boxes), h * w, 4)
 
 
+def patch_centres(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Source-image centres ``[B, h*w, 2]`` (row, col; fractions) of the patches of an ``h x w``
+    token grid on views with ``boxes`` (flips mirrored): the locations VICRegL's location-based
+    matching compares."""
+    rect = patch_rectangles(boxes, grid)
+    return torch.stack([(rect[..., 0] + rect[..., 2]) / 2, (rect[..., 1] + rect[..., 3]) / 2], dim=-1)
+
+
 def overlap_mask(boxes_s: Tensor, boxes_t: Tensor, grid_s: tuple[int, int], grid_t: tuple[int, int]) -> Tensor:
     """``[B, Ns, Nt]`` bool: patch i of view s and patch j of view t cover intersecting source
     rectangles (positive area)."""
@@ -167,9 +176,7 @@ def overlap_mask(boxes_s: Tensor, boxes_t: Tensor, grid_s: tuple[int, int], grid
 def centre_match(boxes_s: Tensor, boxes_t: Tensor, grid_s: tuple[int, int], grid_t: tuple[int, int]) -> Tensor:
     """``[B, Ns]`` long: the patch of view t whose rectangle holds the centre of patch i of view s,
     or -1 when that centre lies outside view t."""
-    rect = patch_rectangles(boxes_s, grid_s)
-    centre_r = (rect[..., 0] + rect[..., 2]) / 2
-    centre_c = (rect[..., 1] + rect[..., 3]) / 2
+    centre_r, centre_c = patch_centres(boxes_s, grid_s).unbind(-1)
     top, left, height, width, flip = (v[:, None] for v in boxes_t.unbind(-1))
     u = (centre_r - top) / height  # position inside view t, fractions
     v = (centre_c - left) / width
