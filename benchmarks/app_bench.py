@@ -267,8 +267,12 @@ def _calls(model: str, image: Path) -> dict:
     }
 
 
-def _session_growth(home: Path, model: str, sessions: int, *flags: str) -> dict[str, tuple[float, float]]:
-    """(RSS before, after) ``sessions`` fresh sessions, per endpoint, in MiB."""
+SESSION_STEP = 50  # the RSS is also read after every this many sessions: does it level off?
+
+
+def _session_growth(home: Path, model: str, sessions: int, *flags: str) -> dict[str, list[float]]:
+    """Per endpoint, the app's RSS (MiB) before ``sessions`` fresh sessions, after every
+    :data:`SESSION_STEP` of them, and after the last."""
     from gradio_client import Client
 
     app = _App(home, *flags)
@@ -276,12 +280,13 @@ def _session_growth(home: Path, model: str, sessions: int, *flags: str) -> dict[
         growth = {}
         for endpoint, call in _calls(model, EXAMPLE).items():
             call(Client(app.url, verbose=False))  # warm: backbone and model loaded
-            before = app.rss_mib()
+            trace = [app.rss_mib()]
             for done in range(1, sessions + 1):
                 call(Client(app.url, verbose=False))
-                if done % 50 == 0:
-                    print(f"  {endpoint}: {done} sessions", file=sys.stderr, flush=True)
-            growth[endpoint] = (before, app.rss_mib())
+                if done % SESSION_STEP == 0 or done == sessions:
+                    trace.append(app.rss_mib())
+                    print(f"  {endpoint}: {done} sessions, RSS {trace[-1]:.0f} MiB", file=sys.stderr, flush=True)
+            growth[endpoint] = trace
         return growth
     finally:
         app.close()
@@ -399,10 +404,12 @@ def deployment(args: argparse.Namespace) -> None:
         phase("done")
     print(f"RSS after {args.sessions} fresh sessions per endpoint (MiB, growth per session in KiB):")
     for endpoint in unbounded:
-        (b0, a0), (b1, a1) = unbounded[endpoint], bounded[endpoint]
+        (b0, a0), (b1, a1) = (unbounded[endpoint][0], unbounded[endpoint][-1]), (bounded[endpoint][0], bounded[endpoint][-1])
         print(f"  {endpoint}: 10,000 sessions kept {b0:.0f} -> {a0:.0f} (+{1024 * (a0 - b0) / args.sessions:.0f} "
               f"KiB/session); --max-sessions 50 {b1:.0f} -> {a1:.0f} (+{1024 * (a1 - b1) / args.sessions:.0f} "
               "KiB/session)")
+        for label, trace in (("10,000 kept", unbounded[endpoint]), ("--max-sessions 50", bounded[endpoint])):
+            print(f"    {label}, RSS every {SESSION_STEP} sessions: {' -> '.join(f'{rss:.0f}' for rss in trace)} MiB")
     print(f"reading a 5600x5600 RGB PNG, each in a fresh process, growth above its RSS just before the read: "
           f"full {full[3]} {full[0]:.2f} s, peak +{full[1]:.0f} MiB, held +{full[2]:.0f} MiB; downscaled to "
           f"{reduced[3]} {reduced[0]:.2f} s, peak +{reduced[1]:.0f} MiB, held +{reduced[2]:.0f} MiB "
