@@ -34,6 +34,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from app.feedback import redact_paths
 from medot.errors import MedotError
 
 LOG = logging.getLogger("medot.app")
@@ -182,10 +183,14 @@ def _guarded(fn: Callable, where: str) -> Callable:
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as error:
+            shown = redact_paths(str(error.message))
+            if shown == error.message:
+                raise
+            raise gr.Error(shown, duration=error.duration, visible=error.visible, title=error.title,
+                           print_exception=False) from None
         except MedotError as error:  # a user error a handler did not translate
-            raise gr.Error(str(error), print_exception=False) from None
+            raise gr.Error(redact_paths(str(error)), print_exception=False) from None
         except Exception:
             raise internal_error(where) from None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,8 @@ UPLOAD_KINDS = "PNG, JPEG, BMP, TIFF, DICOM or .npy"
 #: longest side kept after decoding (the backbones see 224 px; a map overlay needs no more)
 MAX_SIDE = 1024
 _limits = {"max_pixels": DEFAULT_MAX_PIXELS}
+#: the server's own folders, by the name users see instead (:func:`set_private_paths`)
+_private: dict[str, str] = {}
 
 
 def set_upload_limits(max_pixels: int) -> None:
@@ -22,13 +26,40 @@ def set_upload_limits(max_pixels: int) -> None:
     _limits["max_pixels"] = int(max_pixels)
 
 
+def private_paths(home: str | os.PathLike, data_root: str | os.PathLike) -> dict[str, str]:
+    """``{server path: name shown}`` for the app's folders: ``$MEDOT_DATA_ROOT``, ``$MEDOT_HOME``
+    (as given and resolved) and the Python interpreter (``python``), longest first."""
+    names: dict[str, str] = {}
+    for path, name in ((data_root, "$MEDOT_DATA_ROOT"), (home, "$MEDOT_HOME")):
+        for variant in {str(Path(path)), str(Path(path).expanduser().resolve())}:
+            if variant not in ("/", "."):
+                names.setdefault(variant, name)
+    names[sys.executable] = "python"
+    return dict(sorted(names.items(), key=lambda item: -len(item[0])))
+
+
+def redact_paths(text: str, paths: dict[str, str] | None = None) -> str:
+    """``text`` with the server's folders (``paths``, default: those of :func:`set_private_paths`)
+    replaced by their names, e.g. ``/srv/medot/jobs/3/train.log`` -> ``$MEDOT_HOME/jobs/3/train.log``."""
+    for path, name in (_private if paths is None else paths).items():
+        text = text.replace(path, name)
+    return text
+
+
+def set_private_paths(home: str | os.PathLike, data_root: str | os.PathLike) -> None:
+    """The folders that error messages must not show (:func:`redact_paths`)."""
+    _private.clear()
+    _private.update(private_paths(home, data_root))
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn medot's user errors (and ValueErrors from parsing what was typed) into ``gr.Error``."""
+    """Turn medot's user errors (and ValueErrors from parsing what was typed) into ``gr.Error``,
+    the server's folders named, not shown (:func:`redact_paths`)."""
     try:
         yield
     except (MedotError, ValueError) as error:
-        raise gr.Error(str(error), print_exception=False) from None
+        raise gr.Error(redact_paths(str(error)), print_exception=False) from None
 
 
 def read_upload(path: str | None, frame: int | None = None, window: tuple[float, float] | None = None) -> MedicalImage:

@@ -37,7 +37,7 @@ from app.deployment import (
     resolve_host,
     share_heavy_group,
 )
-from app.feedback import set_upload_limits
+from app.feedback import set_private_paths, set_upload_limits
 from app.manifolds import NONE, build_manifold_tab
 from app.models import fill_on_load, model_choices
 from app.train import build_train_tab
@@ -58,10 +58,11 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
     most ``max_parallel_jobs`` training jobs run at once (others wait, queued), within ``limits``."""
     limits = limits or Limits()
     set_upload_limits(limits.max_pixels)
+    set_private_paths(settings.home, settings.data_root)
     backbones = BackboneCache(device=device)
     jobs = JobManager(settings.home, settings.data_root, max_parallel=max_parallel_jobs,
                       methods=capped_arguments(epochs=limits.max_epochs, shots=limits.max_shots),
-                      max_active=limits.max_queued_jobs)
+                      max_active=limits.max_queued_jobs, max_active_per_owner=limits.max_session_jobs)
     statuses = available_backbones()
     choices = [status.name for status in statuses if status.available]
     default = resolve_auto(settings.backbone)
@@ -89,7 +90,7 @@ def build_app(settings: Settings, device: str | None = None, max_parallel_jobs: 
             (correspondence_model, lambda: model_choices(settings, OPTIML_METHODS)),
         ]
         with gr.Tab("Train"):
-            build_train_tab(jobs, settings, model_lists, max_session_jobs=limits.max_session_jobs)
+            build_train_tab(jobs, settings, model_lists)
         with gr.Tab("About"):
             build_about_tab()
         fill_on_load(demo, model_lists)

@@ -9,20 +9,25 @@ The form shows only the fields the chosen method takes (the K-MaT variant list h
 prompt-learning baselines), offers only the backbones available here, and takes a zipped dataset
 into the data root (:func:`medot.data.archive.import_dataset_zip`). A finished job gets a result
 card (:func:`medot.eval.evidence.result_rows`: test metrics beside their chance level, the model
-path); a job whose training ended but whose process still runs shows as evaluating."""
+path); a job whose training ended but whose process still runs shows as evaluating.
+
+Jobs belong to who launched them (:func:`session_owner`: the login name when the app has a login,
+else the Gradio session): the table lists every job, marks yours, and shows the dataset, model,
+error, log and result only of yours; only yours can be cancelled or resumed. Paths are shown
+relative to the data root / ``$MEDOT_HOME`` (:func:`shown_path`), never as the server's layout."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import gradio as gr
 import plotly.graph_objects as go
 
 from app.about import storage_notice
-from app.feedback import user_errors
+from app.feedback import private_paths, redact_paths, user_errors
 from app.models import model_roots
 from medot.backbones import available_backbones
 from medot.checkpoint import checkpoint_paths, list_checkpoints
@@ -33,7 +38,9 @@ from medot.jobs import SYNTHETIC, JobError, JobManager, JobRecord
 from medot.jobs.arguments import KMAT_PAPER_TASKS
 
 POLL_SECONDS = 2.0
-JOB_COLUMNS = ["job", "method", "status", "epoch", "loss", "dataset", "created", "model / error"]
+JOB_COLUMNS = ["job", "method", "status", "epoch", "loss", "dataset", "created", "model / error", "launched by"]
+#: the viewer of a page built before any request: nobody's jobs are shown in detail
+NOBODY = ""
 ModelRefresher = tuple[gr.Dropdown, Callable[[], list[tuple[str, str]]]]
 #: what Resume does, per method: K-MaT continues from its saved state; PRADOT keeps none
 RESUME_NOTES = {
@@ -66,8 +73,9 @@ def dataset_choices(settings: Settings, method: str | None = None) -> list[str]:
 
 def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, shots: float, epochs: float,
                seed: float, lambda_anc: float, lambda_fgw: float, backbone: str, variant: str | None = None,
-               n_prototypes: float | None = None, obj: str | None = None) -> str:
-    """Queue a job; returns a status line. Arguments a method's job does not accept are left out."""
+               n_prototypes: float | None = None, obj: str | None = None, owner: str | None = None) -> str:
+    """Queue a job of ``owner`` (:func:`session_owner`; None: the operator); returns a status line.
+    Arguments a method's job does not accept are left out."""
     if method not in manager.methods:
         raise gr.Error(f"Choose a training method: {', '.join(manager.methods)}.", print_exception=False)
     accepted = manager.methods[method]
@@ -85,7 +93,7 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
     }
     arguments = {name: value for name, value in wanted.items() if name in accepted and value is not None}
     with user_errors():
-        job_id = manager.submit(method, arguments)
+        job_id = manager.submit(method, arguments, owner=owner)
     return f"Job {job_id} ({method}) queued."
 
 
@@ -98,86 +106,102 @@ def job_phase(manager: JobManager, job: JobRecord) -> str:
     return job.status
 
 
-class SessionJobs:
-    """At most ``limit`` queued or running jobs per session (the login name when the app has one,
-    else Gradio's session): who launched what is kept only while those jobs are active."""
-
-    def __init__(self, manager: JobManager, limit: int) -> None:
-        self.manager, self.limit = manager, limit
-        self._jobs: dict[str, set[int]] = {}
-        self._lock = threading.Lock()
-
-    def submit(self, owner: str, submit: Callable[[], str]) -> str:
-        with self._lock:
-            active = {job for job in self._jobs.get(owner, set()) if self._active(job)}
-            if len(active) >= self.limit:
-                raise gr.Error(
-                    f"You already have {len(active)} job(s) queued or running ({', '.join(map(str, sorted(active)))}), "
-                    f"the most one session may have ({self.limit}); wait for one to finish or cancel one.",
-                    print_exception=False,
-                )
-            status = submit()
-            active.add(int(status.split()[1]))
-            self._jobs[owner] = active
-            for other in [key for key, jobs in self._jobs.items() if not jobs]:
-                del self._jobs[other]
-            return status
-
-    def _active(self, job_id: int) -> bool:
-        try:
-            return self.manager.registry.get(job_id).status in ("queued", "running")
-        except JobError:
-            return False
-
-
-def session_owner(request: gr.Request | None) -> str:
+def session_owner(request: gr.Request | None) -> str | None:
+    """Who makes ``request``: ``user:<login>`` when the app has a login, else ``session:<hash>``
+    (Gradio's session: one browser tab, one API client); None without a request (the operator)."""
     if request is None:
-        return ""
+        return None
     return f"user:{request.username}" if getattr(request, "username", None) else f"session:{request.session_hash}"
 
 
-def job_rows(manager: JobManager) -> list[list]:
+def shown_path(path: str | Path, manager: JobManager) -> str:
+    """A server path as users see it: relative to the data root or ``$MEDOT_HOME`` (the more
+    specific of the two), e.g. ``tasks/ok.json``, ``jobs/3/model.safetensors``; a path outside both
+    shows only its name. A relative path or a name (``synthetic``) is shown as it is."""
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    for root in sorted((manager.data_root, manager.home), key=lambda root: -len(root.parts)):
+        if path == root or root in path.parents:
+            return str(path.relative_to(root)) or "."
+    return f"…/{path.name}"
+
+
+def launched_by(job: JobRecord, viewer: str | None) -> str:
+    """Who launched ``job``, as ``viewer`` sees it: you, another user / session, or the operator."""
+    if viewer is not None and job.owner == viewer:
+        return "you"
+    if job.owner is None:
+        return "operator"
+    return "another user" if job.owner.startswith("user:") else "another session"
+
+
+def _visible(job: JobRecord, viewer: str | None) -> bool:
+    """Whether ``viewer`` sees ``job``'s dataset, model, error and log: its owner, or the operator (None)."""
+    return viewer is None or job.owner == viewer
+
+
+def job_rows(manager: JobManager, viewer: str | None = None) -> list[list]:
+    """The jobs table as ``viewer`` (:func:`session_owner`; None: the operator) sees it: every job,
+    the dataset and model / error only of the viewer's own, paths relative (:func:`shown_path`)."""
     rows = []
+    paths = private_paths(manager.home, manager.data_root)
     for job in manager.list_jobs():
         epoch = "" if job.epoch is None else f"{job.epoch}/{job.total_epochs or '?'}"
         loss = "" if job.loss is None else f"{job.loss:.4f}"
-        outcome = str(job.checkpoint_path or "") or (job.error or "").split("\n")[0]
-        rows.append([job.id, job.method, job_phase(manager, job), epoch, loss, str(job.arguments.get("dataset", "")),
-                     job.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"), outcome])
+        dataset, outcome = "", ""
+        if _visible(job, viewer):
+            dataset = shown_path(str(job.arguments.get("dataset", "")), manager)
+            outcome = (shown_path(job.checkpoint_path, manager) if job.checkpoint_path
+                       else redact_paths((job.error or "").split("\n")[0], paths))
+        rows.append([job.id, job.method, job_phase(manager, job), epoch, loss, dataset,
+                     job.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"), outcome, launched_by(job, viewer)])
     return rows
 
 
-def job_detail(manager: JobManager, job_id: int | None) -> tuple[str, str, go.Figure | None]:
-    """(status line, log tail, loss curve) of one job."""
+def own_job_ids(manager: JobManager, viewer: str | None = None) -> list[int]:
+    """The ids of the jobs ``viewer`` may act on, newest first."""
+    return [job.id for job in manager.list_jobs() if _visible(job, viewer)]
+
+
+def job_detail(manager: JobManager, job_id: int | None, viewer: str | None = None) -> tuple[str, str, go.Figure | None]:
+    """(status line, log tail, loss curve) of one job; of another's job only its status."""
     if job_id is None:
         return "Select a job.", "", None
     with user_errors():
         job = manager.get(int(job_id))
-        events = manager.progress(job.id)
-        log = manager.log_tail(job.id, 40)
     phase = job_phase(manager, job)
+    if not _visible(job, viewer):
+        return (f"**Job {job.id}** ({job.method}): **{phase}**, launched by {launched_by(job, viewer)}: only "
+                "who launched it sees its log and result, and can cancel or resume it."), "", None
+    paths = private_paths(manager.home, manager.data_root)
+    with user_errors():
+        events = manager.progress(job.id)
+        log = redact_paths(manager.log_tail(job.id, 40), paths)
     status = f"**Job {job.id}** ({job.method}): **{phase}**"
     if job.epoch is not None:
         status += f", epoch {job.epoch}/{job.total_epochs or '?'}"
     if phase == "evaluating":
         status += " - training has ended; the model is being evaluated on the test images"
     if job.error:
-        status += f"  \n{job.error.splitlines()[0]}"
+        status += f"  \n{redact_paths(job.error.splitlines()[0], paths)}"
     if job.status in ("interrupted", "cancelled", "failed"):
         status += "  \n" + RESUME_NOTES.get(job.method, "Resume re-runs it with the same settings.")
     if job.status == "done" and job.checkpoint_path:
-        status += "\n\n" + result_card(job)
+        status += "\n\n" + result_card(job, shown_path(job.checkpoint_path, manager))
     if job.status == "running":
         status += live_progress(events)
     return status, log, loss_curve(job, events)
 
 
-def result_card(job: JobRecord) -> str:
-    """Markdown card of a finished job: its test metrics beside their chance level, and the model."""
+def result_card(job: JobRecord, shown: str | None = None) -> str:
+    """Markdown card of a finished job: its test metrics beside their chance level, and the model
+    (named ``shown``, by default its path)."""
+    shown = shown or str(job.checkpoint_path)
     try:
         meta = json.loads(checkpoint_paths(job.checkpoint_path)[1].read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return f"**Model:** `{job.checkpoint_path}` (its metadata cannot be read)"
+        return f"**Model:** `{shown}` (its metadata cannot be read)"
     rows = result_rows(meta)
     lines = [f"### Result of job {job.id}: {meta.get('method', job.method)}"
              + (f" on {meta['task']}" if meta.get("task") else "")]
@@ -186,7 +210,7 @@ def result_card(job: JobRecord) -> str:
         lines += [f"| {r.metric} | {r.value:.3f} | {'' if r.chance is None else f'{r.chance:.3f}'} |" for r in rows]
     else:
         lines.append("This model records no test metrics.")
-    lines.append(f"\n**Model:** `{job.checkpoint_path}` - listed in the other tabs' model lists.")
+    lines.append(f"\n**Model:** `{shown}` - listed in the other tabs' model lists.")
     return "\n".join(lines)
 
 
@@ -227,19 +251,21 @@ def loss_curve(job: JobRecord, events: Sequence) -> go.Figure | None:
     return figure
 
 
-def stop_job(manager: JobManager, job_id: int | None) -> str:
+def stop_job(manager: JobManager, job_id: int | None, owner: str | None = None) -> str:
+    """Cancel ``job_id`` for ``owner`` (:func:`session_owner`): only that owner's job."""
     if job_id is None:
         raise gr.Error("Select a job to cancel.", print_exception=False)
     with user_errors():
-        job = manager.cancel(int(job_id))
+        job = manager.cancel(int(job_id), owner=owner)
     return f"Job {job.id} is {job.status}."
 
 
-def resume_job(manager: JobManager, job_id: int | None) -> str:
+def resume_job(manager: JobManager, job_id: int | None, owner: str | None = None) -> str:
+    """Resume ``job_id`` for ``owner`` (:func:`session_owner`): only that owner's job."""
     if job_id is None:
         raise gr.Error("Select a job to resume.", print_exception=False)
     with user_errors():
-        job = manager.resume(int(job_id))
+        job = manager.resume(int(job_id), owner=owner)
     return f"Job {job.id} is {job.status} again (resuming)."
 
 
@@ -286,17 +312,18 @@ def import_dataset(settings: Settings, archive: str | None, name: str, method: s
             "(`medot task init`) and choose that.", gr.update(choices=choices))
 
 
-def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Sequence[ModelRefresher],
-                    max_session_jobs: int | None = None) -> None:
+def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Sequence[ModelRefresher]) -> None:
+    """The Train tab; how many jobs one user may have queued is the ``manager``'s
+    ``max_active_per_owner``."""
     methods = trainable_methods(manager)
-    sessions = SessionJobs(manager, max_session_jobs) if max_session_jobs else None
     variants = variant_choices(manager, methods[0] if methods else None)
     first = manager.methods.get(methods[0], {}) if methods else {}
     takes = {field: argument in first for field, argument in FIELD_ARGUMENTS.items()}
     notice = storage_notice(settings.home)
     gr.Markdown(
-        f"Jobs run `medot train <method>` in a worker process and are kept in `{manager.registry.path}`. "
-        f"Datasets: the synthetic demo set or a folder under the data root `{settings.data_root}`."
+        "Jobs run `medot train <method>` in a worker process and are kept in `$MEDOT_HOME/jobs.sqlite3`. "
+        "Datasets: the synthetic demo set or a folder under the data root (`$MEDOT_DATA_ROOT`). "
+        "You see the details of, and can cancel or resume, only the jobs you launched."
         + (f"\n\n{notice}" if notice else ""),
         elem_id="train-intro",
     )
@@ -311,7 +338,8 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
                                   visible=takes["variant"])
             dataset = gr.Dropdown(dataset_choices(settings, methods[0] if methods else None), value=SYNTHETIC,
                                   label="Dataset", allow_custom_value=True)  # the job manager checks every value
-            typed_path = gr.Textbox(label="…or a folder path under the data root", placeholder=str(settings.data_root))
+            typed_path = gr.Textbox(label="…or a folder path under the data root",
+                                    placeholder="relative to the data root, e.g. my-dataset or tasks/my-task.json")
             with gr.Accordion("Upload a zipped dataset into the data root", open=False):
                 archive = gr.File(label="Dataset (.zip of class folders, MVTec or MVFA layout)", file_types=[".zip"],
                                   type="filepath")
@@ -337,10 +365,10 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             launch = gr.Button("Launch training job", variant="primary")
             launched = gr.Markdown()
         with gr.Column(scale=3):
-            jobs = gr.Dataframe(job_rows(manager), headers=JOB_COLUMNS, label="Jobs", interactive=False, wrap=True,
-                                column_widths=["5%", "10%", "11%", "9%", "8%", "14%", "15%", "28%"], elem_id="jobs")
-            job = gr.Dropdown([record.id for record in manager.list_jobs()], label="Job", value=None,
-                              allow_custom_value=True)
+            jobs = gr.Dataframe(job_rows(manager, NOBODY), headers=JOB_COLUMNS, label="Jobs", interactive=False,
+                                wrap=True, column_widths=["5%", "9%", "10%", "8%", "7%", "13%", "13%", "24%", "11%"],
+                                elem_id="jobs")
+            job = gr.Dropdown([], label="Job (yours)", value=None, allow_custom_value=True)
             with gr.Row():
                 cancel = gr.Button("Cancel job", variant="stop")
                 resume = gr.Button("Resume job")
@@ -354,8 +382,8 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
                  outputs=[imported, dataset], api_name="import_dataset")
     known_models = gr.State(None)
 
-    def job_ids() -> gr.Dropdown:
-        return gr.update(choices=[record.id for record in manager.list_jobs()])
+    def job_ids(viewer: str | None) -> gr.Dropdown:
+        return gr.update(choices=own_job_ids(manager, viewer))
 
     def models_changed(seen):
         current = tuple(str(path) for path, _ in list_checkpoints(*model_roots(settings)))
@@ -363,16 +391,16 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             return (current, *[gr.skip() for _ in model_dropdowns])
         return (current, *[gr.update(choices=choices()) for _, choices in model_dropdowns])
 
-    def tick(selected, seen):
-        return (job_rows(manager), job_ids(), *job_detail(manager, selected), *models_changed(seen))
+    def tick(selected, seen, request: gr.Request):
+        viewer = session_owner(request)
+        return (job_rows(manager, viewer), job_ids(viewer), *job_detail(manager, selected, viewer),
+                *models_changed(seen))
 
     watch_outputs = [jobs, job, status, log, curve, known_models, *[dropdown for dropdown, _ in model_dropdowns]]
     def launch_job(method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone,
                    variant=None, n_prototypes=None, obj=None, request: gr.Request = None):
         form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj)
-        if sessions is None:
-            return submit_job(manager, *form)
-        return sessions.submit(session_owner(request), lambda: submit_job(manager, *form))
+        return submit_job(manager, *form, owner=session_owner(request))
 
     launch.click(
         launch_job,
@@ -382,12 +410,29 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
     )
     method.change(lambda m: gr.update(choices=dataset_choices(settings, m), value=SYNTHETIC), inputs=[method],
                   outputs=[dataset], api_name=False)
-    cancel.click(  # say so at once: a running job takes up to cancel_grace_s to save its state and stop
-        lambda j: "" if j is None else f"Cancelling job {j}: asking it to save its state and stop "
-        f"(up to {manager.cancel_grace_s:g} s)…", inputs=[job], outputs=[launched], queue=False, api_name=False,
-    ).then(lambda j: stop_job(manager, j), inputs=[job], outputs=[launched], api_name="cancel_job")
-    resume.click(lambda j: resume_job(manager, j), inputs=[job], outputs=[launched], api_name="resume_job")
-    refresh.click(lambda: job_rows(manager), outputs=[jobs], api_name="jobs")
-    job.change(lambda j: job_detail(manager, j), inputs=[job], outputs=[status, log, curve], api_name="job_detail")
+    def cancelling(j, request: gr.Request):  # said at once: a running job takes up to cancel_grace_s to stop
+        try:
+            manager.owned(int(j), session_owner(request), "cancel")
+        except (TypeError, ValueError, JobError):
+            return ""  # no job, or not the caller's: the cancel itself says why
+        return f"Cancelling job {j}: asking it to save its state and stop (up to {manager.cancel_grace_s:g} s)…"
+
+    def cancel_job(j, request: gr.Request):
+        return stop_job(manager, j, session_owner(request))
+
+    def resume_own_job(j, request: gr.Request):
+        return resume_job(manager, j, session_owner(request))
+
+    def listed_jobs(request: gr.Request):
+        return job_rows(manager, session_owner(request))
+
+    def selected_job(j, request: gr.Request):
+        return job_detail(manager, j, session_owner(request))
+
+    cancel.click(cancelling, inputs=[job], outputs=[launched], queue=False, api_name=False,
+                 ).then(cancel_job, inputs=[job], outputs=[launched], api_name="cancel_job")
+    resume.click(resume_own_job, inputs=[job], outputs=[launched], api_name="resume_job")
+    refresh.click(listed_jobs, outputs=[jobs], api_name="jobs")
+    job.change(selected_job, inputs=[job], outputs=[status, log, curve], api_name="job_detail")
     gr.Timer(POLL_SECONDS).tick(tick, inputs=[job, known_models], outputs=watch_outputs, api_name=False,
                                 show_progress="hidden")

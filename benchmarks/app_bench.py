@@ -5,11 +5,13 @@ figures of a shared deployment (issue 13) instead.
 Starts ``python app.py`` on a free port with a fresh MEDOT_HOME (as a user would), then measures
 through gradio_client. A K-MaT checkpoint (stored class embeddings only, as the map needs) is
 written into MEDOT_HOME *after* the app started: the page-load list call must find it. With
-``--umap`` the first UMAP map is timed from the moment the page is served, with the app's background
-warm-up on (the default) and, in a second app, off (``MEDOT_WARM_UMAP=0``), each on its own empty
-numba cache. Run from the repository root::
+``--umap`` (or ``--umap-only``) the first UMAP map is timed from the request, asked the moment the page
+is served, with the app's background warm-up on (the default) and, in a second app, off
+(``MEDOT_WARM_UMAP=0``), each on its own empty numba cache; then with the warm-up on and the map asked
+``--umap-wait`` seconds after the page, and in an app started again on the first app's MEDOT_HOME
+(whose numba cache holds the compiled code). Run from the repository root::
 
-    python -m benchmarks.app_bench [--requests 20] [--sequential 10] [--umap]
+    python -m benchmarks.app_bench [--requests 20] [--sequential 10] [--umap | --umap-only] [--umap-wait 60]
     python -m benchmarks.app_bench --deployment [--sessions 150] [--kills 20]
 
 ``--deployment`` measures, side by side in one run:
@@ -19,7 +21,8 @@ numba cache. Run from the repository root::
   expired) and for ``--max-sessions 50``;
 * the app's peak RSS (``VmHWM``) over 4 concurrent heavy requests across endpoints (2 classify +
   2 anomaly maps of one 5600 x 5600 PNG), and reading that PNG with and without the app's
-  downscaling (:data:`app.feedback.MAX_SIDE`), each in a fresh process (peak RSS, time);
+  downscaling (:data:`app.feedback.MAX_SIDE`), each in a fresh process (time, and the growth of
+  its peak RSS above its RSS just before the read, the peak counter reset there);
 * the kill-during-save resume check: a process saving a checkpoint over and over is SIGKILLed at
   random instants ``--kills`` times; after each kill ``load_checkpoint(..., fallback=True)`` (what
   ``--resume`` uses) must load a complete state.
@@ -98,28 +101,48 @@ def write_stored_kmat(path: Path, dim: int = 32, classes: int = 3) -> str:
     return str(save_checkpoint(path, Checkpoint(tensors, meta)))
 
 
-def first_umap(warm: bool) -> tuple[float, float]:
-    """(seconds from the served page to the first UMAP map, cold start) in a fresh app."""
+def first_umap(warm: bool, home: Path, wait: float = 0.0) -> tuple[float, float]:
+    """(seconds from the request to the first UMAP map, cold start) in a fresh app on ``home``; the
+    map is asked for ``wait`` seconds after the page is served."""
     from gradio_client import Client
 
     port = _free_port()
-    with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "MEDOT_HOME": home, "MEDOT_PORT": str(port), "HF_HUB_OFFLINE": "1",
-               "MEDOT_WARM_UMAP": "1" if warm else "0"}
-        env.pop("NUMBA_CACHE_DIR", None)
-        model = write_stored_kmat(Path(home) / "models" / "stored" / "model")
-        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            cold = _wait_for_page(url, process, timeout=300)
-            client = Client(url, verbose=False)
-            start = time.perf_counter()
-            client.predict(model, "", "umap", True, api_name="/manifold")
-            return time.perf_counter() - start, cold
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    env = {**os.environ, "MEDOT_HOME": str(home), "MEDOT_PORT": str(port), "HF_HUB_OFFLINE": "1",
+           "MEDOT_WARM_UMAP": "1" if warm else "0",
+           # the numba cache the warm-up uses ($MEDOT_HOME/cache/numba), for both apps: without it
+           # the warm-up-off app would read and fill numba's cache next to umap's sources
+           "NUMBA_CACHE_DIR": str(home / "cache" / "numba")}
+    model = home / "models" / "stored" / "model"
+    if not model.with_suffix(".json").is_file():
+        write_stored_kmat(model)
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        cold = _wait_for_page(url, process, timeout=300)
+        client = Client(url, verbose=False)
+        time.sleep(wait)
+        start = time.perf_counter()
+        client.predict(str(model.with_suffix(".safetensors")), "", "umap", True, api_name="/manifold")
+        return time.perf_counter() - start, cold
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def umap_figures(wait: float) -> None:
+    """First UMAP map with the warm-up on and off (each on an empty numba cache), on after ``wait``
+    seconds, and on a second start that finds the first one's compiled code."""
+    with tempfile.TemporaryDirectory() as first, tempfile.TemporaryDirectory() as second, \
+            tempfile.TemporaryDirectory() as third:
+        runs = [("warm-up on, asked at once", True, Path(first), 0.0),
+                ("warm-up off, asked at once", False, Path(second), 0.0),
+                (f"warm-up on, asked {wait:.0f} s after the page", True, Path(third), wait),
+                ("second start on the first run's MEDOT_HOME (compiled code cached), asked at once", True,
+                 Path(first), 0.0)]
+        for name, warm, home, delay in runs:
+            seconds, cold_start = first_umap(warm, home, delay)
+            print(f"first UMAP map, {name}: {seconds:.1f} s (page after {cold_start:.1f} s)")
 
 
 def main() -> None:
@@ -127,6 +150,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20, help="concurrent classify requests (default 20)")
     parser.add_argument("--sequential", type=int, default=10, help="timed sequential classify calls (default 10)")
     parser.add_argument("--umap", action="store_true", help="also time the first UMAP map, warm-up on vs off")
+    parser.add_argument("--umap-only", action="store_true", help="only the UMAP figures (no classify figures)")
+    parser.add_argument("--umap-wait", type=float, default=60.0,
+                        help="seconds after the page before the map in the third UMAP run (default 60)")
     parser.add_argument("--deployment", action="store_true", help="the deployment figures instead (module docstring)")
     parser.add_argument("--sessions", type=int, default=150, help="fresh sessions per endpoint (default 150)")
     parser.add_argument("--kills", type=int, default=20, help="kills during checkpoint saves (default 20)")
@@ -134,6 +160,9 @@ def main() -> None:
     print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs")
     if args.deployment:
         deployment(args)
+        return
+    if args.umap_only:
+        umap_figures(args.umap_wait)
         return
     from gradio_client import Client
 
@@ -172,10 +201,7 @@ def main() -> None:
         f"p50 {1000 * _percentile(concurrent, 0.5):.0f} ms, p95 {1000 * _percentile(concurrent, 0.95):.0f} ms"
     )
     if args.umap:
-        for warm in (True, False):
-            seconds, cold_start = first_umap(warm)
-            print(f"first UMAP map after the page is served, warm-up {'on' if warm else 'off'}: {seconds:.1f} s "
-                  f"(page after {cold_start:.1f} s)")
+        umap_figures(args.umap_wait)
 
 
 # --------------------------------------------------------------------------- --deployment
@@ -241,8 +267,12 @@ def _calls(model: str, image: Path) -> dict:
     }
 
 
-def _session_growth(home: Path, model: str, sessions: int, *flags: str) -> dict[str, tuple[float, float]]:
-    """(RSS before, after) ``sessions`` fresh sessions, per endpoint, in MiB."""
+SESSION_STEP = 50  # the RSS is also read after every this many sessions: does it level off?
+
+
+def _session_growth(home: Path, model: str, sessions: int, *flags: str) -> dict[str, list[float]]:
+    """Per endpoint, the app's RSS (MiB) before ``sessions`` fresh sessions, after every
+    :data:`SESSION_STEP` of them, and after the last."""
     from gradio_client import Client
 
     app = _App(home, *flags)
@@ -250,41 +280,44 @@ def _session_growth(home: Path, model: str, sessions: int, *flags: str) -> dict[
         growth = {}
         for endpoint, call in _calls(model, EXAMPLE).items():
             call(Client(app.url, verbose=False))  # warm: backbone and model loaded
-            before = app.rss_mib()
-            for _ in range(sessions):
+            trace = [app.rss_mib()]
+            for done in range(1, sessions + 1):
                 call(Client(app.url, verbose=False))
-            growth[endpoint] = (before, app.rss_mib())
+                if done % SESSION_STEP == 0 or done == sessions:
+                    trace.append(app.rss_mib())
+                    print(f"  {endpoint}: {done} sessions, RSS {trace[-1]:.0f} MiB", file=sys.stderr, flush=True)
+            growth[endpoint] = trace
         return growth
     finally:
         app.close()
 
 
 _READ = """
-import resource, sys, time
+import sys, time
+from pathlib import Path
 from medot.data.io import read_image
+
+def kib(field):
+    return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith(field + ":"))
+
+Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now (Linux): the imports' own peak is forgotten
+before = kib("VmRSS")
 start = time.perf_counter()
 image = read_image(sys.argv[1], max_side=int(sys.argv[2]) or None)
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, *image.pixels.shape[:2])
+seconds = time.perf_counter() - start
+print(seconds, (kib("VmHWM") - before) / 1024, (kib("VmRSS") - before) / 1024, *image.pixels.shape[:2])
 """
 
 
-_BASELINE = """
-import resource
-from medot.data.io import read_image
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-"""
-
-
-def _read_in_fresh_process(path: Path, max_side: int) -> tuple[float, float, tuple[int, int]]:
-    """(seconds, peak RSS MiB above the interpreter's after importing medot.data.io, decoded shape)
-    of one read_image in a fresh process."""
-    def run(script: str, *argv: str) -> list[str]:
-        return subprocess.run([sys.executable, "-c", script, *argv], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.split()
-
-    baseline = float(run(_BASELINE)[0])
-    out = run(_READ, str(path), str(max_side))
-    return float(out[0]), float(out[1]) - baseline, (int(out[2]), int(out[3]))
+def _read_in_fresh_process(path: Path, max_side: int) -> tuple[float, float, float, tuple[int, int]]:
+    """(seconds, peak RSS growth MiB, RSS growth MiB still held by the result, decoded shape) of one
+    ``read_image`` in a fresh process. Both growths are measured inside that process from its RSS
+    just before the call: the peak counter ``VmHWM`` is reset there (``/proc/self/clear_refs``), so
+    the peak of importing torch/PIL does not hide (or pad) the read's own peak."""
+    out = subprocess.run([sys.executable, "-c", _READ, str(path), str(max_side)], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.split()
+    return float(out[0]), float(out[1]), float(out[2]), (int(out[3]), int(out[4]))
 
 
 def _peak_for_concurrent_heavy(home: Path, model: str, large: Path) -> tuple[float, float]:
@@ -352,21 +385,35 @@ def deployment(args: argparse.Namespace) -> None:
         model = str(_write_patchcore(home))
         large = home / "large.png"
         Image.open(EXAMPLE).convert("RGB").resize((5600, 5600)).save(large)
+        started = time.perf_counter()
+
+        def phase(name: str) -> None:  # progress on stderr, the figures on stdout
+            print(f"[{time.perf_counter() - started:7.1f} s] {name}", file=sys.stderr, flush=True)
+
+        phase("sessions, 10,000 kept")
         unbounded = _session_growth(home, model, args.sessions, "--max-sessions", "10000", "--session-ttl", "1000000")
+        phase("sessions, --max-sessions 50")
         bounded = _session_growth(home, model, args.sessions, "--max-sessions", "50")
+        phase("reading the large PNG")
         full = _read_in_fresh_process(large, 0)
         reduced = _read_in_fresh_process(large, MAX_SIDE)
+        phase("concurrent heavy requests")
         before, peak = _peak_for_concurrent_heavy(home, model, large)
+        phase("kill during save")
         resumed, kills = _kill_during_save(home / "kill", args.kills)
+        phase("done")
     print(f"RSS after {args.sessions} fresh sessions per endpoint (MiB, growth per session in KiB):")
     for endpoint in unbounded:
-        (b0, a0), (b1, a1) = unbounded[endpoint], bounded[endpoint]
+        (b0, a0), (b1, a1) = (unbounded[endpoint][0], unbounded[endpoint][-1]), (bounded[endpoint][0], bounded[endpoint][-1])
         print(f"  {endpoint}: 10,000 sessions kept {b0:.0f} -> {a0:.0f} (+{1024 * (a0 - b0) / args.sessions:.0f} "
               f"KiB/session); --max-sessions 50 {b1:.0f} -> {a1:.0f} (+{1024 * (a1 - b1) / args.sessions:.0f} "
               "KiB/session)")
-    print(f"reading a 5600x5600 RGB PNG: full {full[2]} {full[0]:.2f} s, +{full[1]:.0f} MiB peak; "
-          f"downscaled to {reduced[2]} {reduced[0]:.2f} s, +{reduced[1]:.0f} MiB peak "
-          f"({full[1] / max(reduced[1], 1):.1f}x less memory)")
+        for label, trace in (("10,000 kept", unbounded[endpoint]), ("--max-sessions 50", bounded[endpoint])):
+            print(f"    {label}, RSS every {SESSION_STEP} sessions: {' -> '.join(f'{rss:.0f}' for rss in trace)} MiB")
+    print(f"reading a 5600x5600 RGB PNG, each in a fresh process, growth above its RSS just before the read: "
+          f"full {full[3]} {full[0]:.2f} s, peak +{full[1]:.0f} MiB, held +{full[2]:.0f} MiB; downscaled to "
+          f"{reduced[3]} {reduced[0]:.2f} s, peak +{reduced[1]:.0f} MiB, held +{reduced[2]:.0f} MiB "
+          f"({full[1] / max(reduced[1], 1):.1f}x lower peak, {full[0] / max(reduced[0], 1e-9):.1f}x faster)")
     print(f"4 concurrent heavy requests (2 classify + 2 anomaly, that PNG), heavy group of 2: RSS {before:.0f} MiB "
           f"before, peak {peak:.0f} MiB (+{peak - before:.0f} MiB)")
     print(f"kill -9 during checkpoint saves: {resumed}/{kills} kills left a state that loads (fallback=True)")

@@ -25,14 +25,15 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from medot import __version__
 from medot.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch comes with the tensors (safetensors.torch), not with this module's import
+    import torch
 
 REQUIRED_KEYS = ("method", "backbone")
 #: metadata key of the training-state checkpoints :class:`medot.train.Trainer` writes for resuming
@@ -134,6 +135,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
     # clone: safetensors refuses tensors that share storage (views of one parameter)
     tensors = {name: t.detach().to("cpu").clone().contiguous() for name, t in checkpoint.tensors.items()}
     new_tensors, new_meta = _temporary(tensor_path), _temporary(meta_path)
+    from safetensors.torch import save_file
+
     try:
         save_file(tensors, str(new_tensors))
         _fsync(new_tensors)
@@ -196,6 +199,8 @@ def _load_pair(tensor_path: Path, meta_path: Path, device: torch.device | str) -
         raise CheckpointError(f"{meta_path} lacks the keys {list(REQUIRED_KEYS)}")
     if meta.get("tensors_sha256") != _sha256(tensor_path):
         raise CheckpointError(f"{tensor_path.name} does not match its sidecar {meta_path.name} (hash differs)")
+    from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(tensor_path), device=str(device))
     except (SafetensorError, OSError) as error:

@@ -75,27 +75,37 @@ def _read_images(args: argparse.Namespace) -> list:
     return [read_image(path, frame=args.frame, window=window) for path in args.images]
 
 
-def _predict_trained(args: argparse.Namespace, images: list) -> tuple[str, list[dict]]:
-    """Probabilities of a trained K-MaT / baseline checkpoint, each image scored with the prompts of
-    its modality (``--modality``, else its DICOM Modality tag, else the high-end one)."""
-    from medot.backbones import create_backbone
+def _model_meta(args: argparse.Namespace) -> dict:
+    """The sidecar of ``--model``, read before anything heavy: a wrong path or ``--modality`` fails at
+    once (whether the checkpoint is a prompt model at all is checked when it loads)."""
     from medot.checkpoint import checkpoint_paths
-    from medot.data.modality import match_modality
+    from medot.data.modality import modality_side
     from medot.errors import CheckpointError
-    from medot.eval.evidence import prediction_evidence
-    from medot.methods.kmat.predictor import load_kmat_predictor
 
     try:
         meta = json.loads(checkpoint_paths(args.model)[1].read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{args.model}: not a medot model checkpoint ({error})") from None
+    modalities = meta.get("modalities") if isinstance(meta, dict) else None
+    if args.modality and isinstance(modalities, dict) and {"high", "low"} <= modalities.keys():
+        modality_side(args.modality, (modalities["high"], modalities["low"]), f"this {meta.get('method')} model")
+    return meta
+
+
+def _predict_trained(args: argparse.Namespace, meta: dict, images: list) -> tuple[str, list[dict]]:
+    """Probabilities of a trained K-MaT / baseline checkpoint, each image scored with the prompts of
+    its modality (``--modality``, else its DICOM Modality tag, else the high-end one)."""
+    from medot.backbones import create_backbone
+    from medot.data.modality import match_modality, modality_side
+    from medot.eval.evidence import prediction_evidence
+    from medot.methods.kmat.predictor import load_kmat_predictor
+
     predictor = load_kmat_predictor(args.model, create_backbone(str(meta.get("backbone")), device=args.device))
     results = []
     for path, image in zip(args.images, images, strict=True):
         tag = image.metadata.get("modality")
-        side = (
-            "high" if predictor.modality_index(args.modality) == 0 else "low"
-        ) if args.modality else (match_modality(tag, predictor.modalities) or "high")
+        side = (modality_side(args.modality, predictor.modalities) if args.modality
+                else match_modality(tag, predictor.modalities) or "high")
         row = predictor.predict_proba([image], side)[0].tolist()
         evidence = prediction_evidence(predictor.class_names, row, meta=predictor.meta, side=side, dicom_tag=tag)
         results.append({"image": str(path), "modality": predictor.modalities[0 if side == "high" else 1],
@@ -104,25 +114,34 @@ def _predict_trained(args: argparse.Namespace, images: list) -> tuple[str, list[
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from medot.eval.evidence import prediction_evidence
-
+    # every check a user's arguments can fail comes first, with light imports only: labels, model
+    # sidecar and modality, backbone name and files, window, the images themselves; torch and the
+    # backbone's libraries are imported after that
     if (args.labels is None) == (args.model is None):
         raise MedotError("give --labels (zero-shot on those labels) or --model (a trained K-MaT / baseline checkpoint)")
     if args.modality and args.model is None:
         raise MedotError("--modality picks a trained model's prompts; zero-shot (--labels) has none")
-    images = _read_images(args)
     if args.model is not None:
-        source, results = _predict_trained(args, images)
-        clinical = True
+        meta = _model_meta(args)
     else:
-        from medot.backbones import create_backbone
-        from medot.zeroshot import parse_labels, zero_shot_probabilities
+        from medot.backbones.status import check_loadable
+        from medot.data.labels import parse_labels
 
         try:
             labels = parse_labels(args.labels)
         except ValueError as error:
             raise MedotError(str(error)) from None
-        backbone = create_backbone(args.backbone, device=args.device)
+        backbone_name = check_loadable(args.backbone)
+    images = _read_images(args)
+    if args.model is not None:
+        source, results = _predict_trained(args, meta, images)
+        clinical = True
+    else:
+        from medot.backbones import create_backbone
+        from medot.eval.evidence import prediction_evidence
+        from medot.zeroshot import zero_shot_probabilities
+
+        backbone = create_backbone(backbone_name, device=args.device)
         probabilities = zero_shot_probabilities(backbone, images, labels)
         results = [
             {"image": str(path), "probabilities": dict(zip(labels, row.tolist(), strict=True)),

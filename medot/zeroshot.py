@@ -13,25 +13,9 @@ import torch.nn.functional as F
 
 from medot.backbones.base import VisionLanguageBackbone
 from medot.data.io import MedicalImage
+from medot.data.labels import MAX_LABEL_CHARS, MAX_LABELS, parse_labels  # noqa: F401 - re-exported
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
-#: most labels one zero-shot request may name (each is a text-encoder pass), and their longest length
-MAX_LABELS = 100
-MAX_LABEL_CHARS = 200
-
-
-def parse_labels(text: str) -> list[str]:
-    """``"normal, pneumonia"`` -> ``["normal", "pneumonia"]``; two to :data:`MAX_LABELS` distinct
-    labels of at most :data:`MAX_LABEL_CHARS` characters."""
-    labels = [label.strip() for label in (text or "").split(",") if label.strip()]
-    if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise ValueError("give at least two distinct class labels, separated by commas")
-    if len(labels) > MAX_LABELS:
-        raise ValueError(f"give at most {MAX_LABELS} class labels, got {len(labels)}")
-    longest = max(labels, key=len)
-    if len(longest) > MAX_LABEL_CHARS:
-        raise ValueError(f"a class label may have at most {MAX_LABEL_CHARS} characters; {longest[:20]!r}... has {len(longest)}")
-    return labels
 
 
 @torch.no_grad()

@@ -318,21 +318,21 @@ def test_sessions_are_bounded_and_expire(tmp_path, monkeypatch):
 
 
 def test_job_limits_per_session_and_per_deployment(tmp_path):
-    from app.train import SessionJobs, submit_job
+    from app.train import submit_job
     from medot.jobs import JobManager
 
     def sleeper(method, arguments, out_dir, resume):  # a job that waits until it is cancelled
         return [sys.executable, "-c", "import time; time.sleep(60)"]
 
-    manager = JobManager(tmp_path, tmp_path, max_parallel=1, command_for=sleeper, max_active=3, cancel_grace_s=2)
-    sessions = SessionJobs(manager, limit=2)
+    manager = JobManager(tmp_path, tmp_path, max_parallel=1, command_for=sleeper, max_active=3,
+                         max_active_per_owner=2, cancel_grace_s=2)
 
     def submit(owner):
-        return sessions.submit(owner, lambda: submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "lite"))
+        return submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "lite", owner=owner)
 
     first = int(submit("session:a").split()[1])
     submit("session:a")
-    with pytest.raises(gr.Error, match="the most one session may have \\(2\\)"):
+    with pytest.raises(gr.Error, match="the most one user may have \\(2\\)"):
         submit("session:a")
     submit("session:b")
     with pytest.raises(gr.Error, match="the most this app allows \\(3\\)"):
@@ -342,6 +342,151 @@ def test_job_limits_per_session_and_per_deployment(tmp_path):
     for job in manager.list_jobs():
         if job.status in ("queued", "running"):
             manager.cancel(job.id)
+
+
+# --------------------------------------------------------------------------- job ownership and paths
+
+
+def _owned_job_manager(home, data_root, command=None):
+    from medot.jobs import JobManager
+
+    return JobManager(home, data_root, command_for=command or _sleeper, cancel_grace_s=2)
+
+
+def test_only_who_launched_a_job_can_cancel_or_resume_it_and_see_its_details(tmp_path):
+    from app.train import job_detail, job_rows, own_job_ids, resume_job, stop_job, submit_job
+
+    from types import SimpleNamespace
+
+    from app.train import session_owner
+
+    # the owner: the login name when the app has a login, else the Gradio session; None: the operator
+    assert session_owner(SimpleNamespace(username="alice", session_hash="h1")) == "user:alice"
+    assert session_owner(SimpleNamespace(username=None, session_hash="h1")) == "session:h1"
+    assert session_owner(None) is None
+    manager = _owned_job_manager(tmp_path, tmp_path)
+    alice, bob = "user:alice", "user:bob"
+    job = int(submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "lite", owner=alice).split()[1])
+    assert manager.get(job).owner == alice
+    try:
+        for act in (stop_job, resume_job):
+            with pytest.raises(gr.Error, match=f"job {job} was launched by someone else: you can only "):
+                act(manager, job, bob)
+        assert manager.get(job).status == "running"  # bob's cancel did nothing
+        row = job_rows(manager, bob)[0]
+        assert row[0] == job and row[5] == "" and row[7] == "" and row[8] == "another user"
+        assert job_rows(manager, "session:x")[0][8] == "another user"
+        status, log, curve = job_detail(manager, job, bob)
+        assert "launched by another user" in status and log == "" and curve is None
+        assert own_job_ids(manager, bob) == [] and own_job_ids(manager, alice) == [job]
+        mine = job_rows(manager, alice)[0]
+        assert mine[5] == "synthetic" and mine[8] == "you"
+        assert "sleep" not in job_detail(manager, job, bob)[1]
+        assert stop_job(manager, job, alice) == f"Job {job} is cancelled."
+        with pytest.raises(gr.Error, match="launched by someone else"):
+            resume_job(manager, job, bob)
+        assert manager.get(job).status == "cancelled"
+        assert "again (resuming)" in resume_job(manager, job, alice)
+        # the operator (the Python API, no owner) may act on any job; an operator's job is no user's
+        assert manager.cancel(job).status == "cancelled"
+        theirs = manager.submit("pradot", {"dataset": "synthetic", "epochs": 1})
+        assert job_rows(manager, alice)[0][8] == "operator"
+        with pytest.raises(gr.Error, match=f"job {theirs} was launched outside the app"):
+            stop_job(manager, theirs, alice)
+    finally:
+        _cancel_all(manager)
+
+
+def test_a_version_1_registry_gains_owners_and_its_jobs_stay_the_operators(tmp_path):
+    import sqlite3
+
+    from medot.jobs import JobRegistry
+    from medot.jobs.registry import _SCHEMA
+
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as connection:  # the schema as version 1 wrote it: no owner column
+        for statement in filter(str.strip, _SCHEMA.replace(",\n    owner TEXT", "").split(";")):
+            connection.execute(statement)
+        connection.execute("PRAGMA user_version = 1")
+        connection.execute("INSERT INTO jobs (method, arguments, status, created_at, job_dir, log_path, events_path) "
+                           "VALUES ('pradot', '{}', 'interrupted', '2026-01-01T00:00:00+00:00', 'd', 'l', 'e')")
+    registry = JobRegistry(path)
+    assert registry.get(1).owner is None
+    assert registry.create("pradot", {}, tmp_path / "jobs", owner="user:alice").owner == "user:alice"
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_users_of_a_live_app_with_a_login_cannot_touch_each_others_jobs(tmp_path, monkeypatch):
+    from app.server import main
+    from medot.jobs import JobManager
+
+    monkeypatch.setitem(JobManager.__init__.__kwdefaults__, "command_for", _sleeper)
+    monkeypatch.setenv("MEDOT_HOME", str(tmp_path))
+    monkeypatch.setenv("MEDOT_DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.setenv("MEDOT_BACKBONE", "lite")
+    monkeypatch.setenv("MEDOT_AUTH", "alice:pw-a,bob:pw-b")
+    port = _free_port()
+    demo = main(["--port", str(port)], block=False)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        alice, bob = Client(url, auth=("alice", "pw-a"), verbose=False), Client(url, auth=("bob", "pw-b"), verbose=False)
+        job = int(alice.predict("pradot", "synthetic", "", 4, 1, 1, 1.0, 1.0, "lite", api_name="/submit_job").split()[1])
+        assert "launched by someone else" in _error_text(lambda: bob.predict(job, api_name="/cancel_job"))
+        row = next(r for r in bob.predict(api_name="/jobs")["data"] if r[0] == job)
+        assert row[2] == "running" and row[5] == "" and row[8] == "another user"
+        assert next(r for r in alice.predict(api_name="/jobs")["data"] if r[0] == job)[8] == "you"
+        assert alice.predict(job, api_name="/cancel_job") == f"Job {job} is cancelled."
+        assert "launched by someone else" in _error_text(lambda: bob.predict(job, api_name="/resume_job"))
+        assert "again (resuming)" in alice.predict(job, api_name="/resume_job")
+    finally:
+        for record in JobManager(tmp_path, tmp_path / "data", command_for=_sleeper).list_jobs():
+            if record.status in ("queued", "running"):
+                JobManager(tmp_path, tmp_path / "data", command_for=_sleeper, cancel_grace_s=2).cancel(record.id)
+        demo.medot_reaper.stop()
+        demo.close()
+
+
+def test_the_jobs_table_and_errors_show_paths_relative_to_the_data_root_and_home(data_root, tmp_path):
+    from app.feedback import redact_paths, set_private_paths
+    from app.train import job_detail, job_rows, submit_job
+    from medot.jobs import MODEL_FILE
+
+    root, _ = data_root
+    home = tmp_path / "home"
+
+    def writes_a_model(method, arguments, out_dir, resume):  # a job that finishes at once with its model
+        script = f"import sys, pathlib; pathlib.Path(sys.argv[1], {MODEL_FILE!r}).write_bytes(b'x')"
+        return [sys.executable, "-c", script, str(out_dir)]
+
+    def fails(method, arguments, out_dir, resume):  # a job whose error names a server path
+        script = f"import sys; print('medot: error: no images in {root}/bench/empty', file=sys.stderr); sys.exit(2)"
+        return [sys.executable, "-c", script]
+
+    manager = _owned_job_manager(home, root, writes_a_model)
+    owner = "session:me"
+    submit_job(manager, "pradot", "synthetic", str(root / "bench" / "mvtec"), 4, 1, 0, 1.0, 1.0, "lite", owner=owner)
+    manager.command_for = fails
+    submit_job(manager, "pradot", "synthetic", "bench/mvtec", 4, 1, 0, 1.0, 1.0, "lite", owner=owner)
+    deadline = time.monotonic() + 30
+    while any(j.status in ("queued", "running") for j in manager.list_jobs()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    failed, done = job_rows(manager, owner)
+    assert done[2] == "done" and done[5] == "bench/mvtec" and done[7] == f"jobs/{done[0]}/{MODEL_FILE}"
+    assert failed[2] == "failed" and failed[7].startswith("no images in $MEDOT_DATA_ROOT/bench/empty")
+    status, log, _ = job_detail(manager, done[0], owner)
+    assert f"`jobs/{done[0]}/{MODEL_FILE}`" in status and f"$MEDOT_HOME/jobs/{done[0]}" in log
+    shown = " ".join(str(cell) for row in job_rows(manager, owner) for cell in row) + status + log
+    assert str(root) not in shown and str(home) not in shown and sys.executable not in shown
+    # a user error that names a server path shows it by name
+    set_private_paths(home, root)
+    try:
+        message = _error_text(lambda: submit_job(manager, "pradot", "synthetic", str(root / "nowhere"), 4, 1, 0, 1.0,
+                                                 1.0, "lite", owner=owner))
+        assert str(root) not in message and "$MEDOT_DATA_ROOT/nowhere" in message
+    finally:
+        set_private_paths("/nonexistent-home", "/nonexistent-data")
+    assert redact_paths(f"{home}/models/k.json", {str(home): "$MEDOT_HOME"}) == "$MEDOT_HOME/models/k.json"
 
 
 # --------------------------------------------------------------------------- data root and datasets

@@ -227,12 +227,13 @@ def test_training_job_finishes_and_its_model_is_listed(app):
     while (row := _job_row(client, job_id))[2] in ("queued", "running", "evaluating") and time.monotonic() < deadline:
         time.sleep(1)
     assert row[2] == "done", row
-    assert row[7].endswith("model.safetensors")
+    assert row[7] == f"jobs/{job_id}/model.safetensors"  # relative to MEDOT_HOME, not the server's layout
     import json
 
     import torch
 
-    meta = json.loads(Path(row[7]).with_suffix(".json").read_text())
+    home = app[0].home
+    meta = json.loads((home / row[7]).with_suffix(".json").read_text())
     # the app's job, without a GPU: the CPU preset, one stride16 layer, trained on the normals not held out
     assert meta["training"]["preset"] == "auto" and meta["training"]["status"] == "completed"
     if not torch.cuda.is_available():
@@ -245,9 +246,8 @@ def test_training_job_finishes_and_its_model_is_listed(app):
     from app.models import model_choices
     from medot.config import Settings
 
-    home = app[0].home
     listed = model_choices(Settings(home=home, data_root=app[3], backbone="lite"), ("pradot",))
-    assert row[7] in [path for _, path in listed]
+    assert str(home / row[7]) in [path for _, path in listed]
 
 
 def test_a_running_job_can_be_cancelled_and_resumed(app):
@@ -301,7 +301,8 @@ def test_job_registry_survives_the_app_dying(tmp_path):
     data_root = tmp_path / "data"
     (data_root / "mvtec").mkdir(parents=True)
     registry = JobRegistry(tmp_path / "jobs.sqlite3")
-    job = registry.create("pradot", {"dataset": "synthetic", "epochs": 1}, tmp_path / "jobs")
+    session = "restarted-app-session"  # a gradio_client session survives an app restart (its hash is its own)
+    job = registry.create("pradot", {"dataset": "synthetic", "epochs": 1}, tmp_path / "jobs", owner=f"session:{session}")
     # a job the registry thinks is running, whose process died with the app
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     from medot.jobs.processes import process_token
@@ -312,7 +313,10 @@ def test_job_registry_survives_the_app_dying(tmp_path):
     server = AppServer(tmp_path, data_root)
     try:
         client = Client(server.url, verbose=False)
+        client.session_hash = session
         assert _job_row(client, job.id)[2] == "interrupted"
+        assert "launched by someone else" in _error_text(
+            lambda: Client(server.url, verbose=False).predict(job.id, api_name="/resume_job"))
         client.predict(job.id, api_name="/resume_job")
         assert registry.get(job.id).resume
     finally:
@@ -353,7 +357,7 @@ def test_a_finished_job_shows_a_result_card_with_chance_levels(app):
     _, client, _, _ = app
     done = next(row for row in client.predict(api_name="/jobs")["data"] if row[2] == "done" and row[7])
     status, _, _ = client.predict(int(done[0]), api_name="/job_detail")
-    meta = json.loads(checkpoint_paths(done[7])[1].read_text())
+    meta = json.loads(checkpoint_paths(app[0].home / done[7])[1].read_text())
     assert f"### Result of job {done[0]}: pradot" in status
     assert f"| image AUROC | {meta['metrics']['image_auroc']:.3f} | 0.500 |" in status
     assert f"| AU-PRO up to FPR 0.3 | {meta['metrics']['au_pro@0.3']:.3f} | 0.150 |" in status

@@ -1,9 +1,11 @@
 """The `medot` console script as a user runs it."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from PIL import Image
 from skimage import data
 
 from medot.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args):
@@ -67,6 +71,53 @@ def test_user_errors_are_one_plain_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("medot: error: ") and message in err.lower()
     assert "Traceback" not in err
+
+
+HEAVY_MODULES = ("torch", "torchvision", "timm", "transformers", "open_clip")
+#: runs medot's main() on argv (JSON list in sys.argv[1]) and reports the exit status and which heavy
+#: model libraries the process imported
+_IMPORTS_SCRIPT = """
+import json, sys
+from medot.cli import main
+status = main(json.loads(sys.argv[1]))
+print(json.dumps({"status": status, "imported": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY_MODULES,)
+
+
+def _imports_of(argv, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MEDOT_BIOMEDCLIP_DIR"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", _IMPORTS_SCRIPT, json.dumps(argv)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    return json.loads(result.stdout.strip().splitlines()[-1]), result
+
+
+def test_backbones_lists_the_backbones_without_importing_torch(tmp_path):
+    """`medot backbones` only checks files: no model library is imported (their imports were most of
+    its start-up, benchmarks/cli_startup.py)."""
+    report, result = _imports_of(["backbones"], tmp_path)
+    assert report["status"] == 0, result.stderr
+    assert report["imported"] == []
+    assert "lite" in result.stdout and "available" in result.stdout and "'auto' resolves to: lite" in result.stdout
+
+
+def test_predict_refuses_bad_arguments_before_importing_torch(tmp_path):
+    image = tmp_path / "ok.png"
+    Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)).save(image)
+    model = tmp_path / "model"
+    model.with_suffix(".json").write_text(json.dumps(
+        {"method": "kmat", "backbone": "lite", "modalities": {"high": "ct", "low": "xray"}}))
+    for argv, message in (
+        (["predict", str(image), "--labels", "only-one"], "at least two"),
+        (["predict", str(image), "--labels", "a,b", "--backbone", "nonsense"], "unknown backbone"),
+        (["predict", str(tmp_path / "nope.png"), "--labels", "a,b"], "not found"),
+        (["predict", str(image), "--labels", "a,b", "--window", "brain"], "window"),
+        (["predict", str(image), "--model", str(tmp_path / "absent")], "not a medot model checkpoint"),
+        (["predict", str(image), "--model", str(model), "--modality", "mri"], "unknown modality 'mri'"),
+    ):
+        report, result = _imports_of(argv, tmp_path)
+        assert report["status"] == 2 and message in result.stderr.lower(), (argv, result.stderr)
+        assert report["imported"] == [], argv
 
 
 def test_synth_writes_the_benchmark(tmp_path):

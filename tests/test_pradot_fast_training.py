@@ -92,6 +92,43 @@ def test_data_init_puts_each_prototype_on_a_training_feature_of_its_own_cell() -
     assert torch.equal(again.features, bank.features)
 
 
+def test_kmeans_plus_plus_init_picks_a_feature_of_each_cluster_of_a_cell() -> None:
+    # every cell: 9 embeddings near one direction, 1 near the opposite direction (cosine distance 2)
+    rng = np.random.default_rng(5)
+    cells, channels = 6, 8
+    direction = rng.normal(size=(cells, channels))
+    tokens = np.repeat(direction[None], 10, axis=0) + 0.01 * rng.normal(size=(10, cells, channels))
+    outlier = rng.integers(0, 10, size=cells)  # a different image is the rare one in each cell
+    tokens[outlier, np.arange(cells)] *= -1.0
+    tokens = torch.tensor(tokens, dtype=torch.float32)
+    bank = PrototypeBank("layer", channels, (2, 3), n_prototypes=2, generator=torch.Generator().manual_seed(0))
+    bank.init_kmeans_plus_plus(tokens, seed=3)
+    for cell in range(cells):
+        copies = bank.features[cell::cells]
+        for copy in copies:  # each prototype is one training embedding of its own cell
+            assert int((tokens[:, cell] == copy).all(dim=1).sum()) == 1
+        # D^2 seeding: after any first pick the other cluster holds ~all of the squared distance
+        assert torch.cosine_similarity(copies[0], copies[1], dim=0) < -0.9, cell
+    again = PrototypeBank("layer", channels, (2, 3), n_prototypes=2, generator=torch.Generator().manual_seed(0))
+    again.init_kmeans_plus_plus(tokens, seed=3)
+    assert torch.equal(again.features, bank.features)
+    # the random draw of the data init puts both copies in the big cluster in most cells
+    data = PrototypeBank("layer", channels, (2, 3), n_prototypes=2, generator=torch.Generator().manual_seed(0))
+    data.init_from_data(tokens, torch.Generator().manual_seed(3))
+    split = [float(torch.cosine_similarity(*data.features[c::cells], dim=0)) < -0.9 for c in range(cells)]
+    assert sum(split) < cells
+
+
+def test_kmeans_plus_plus_init_with_fewer_images_than_prototypes_repeats_copies() -> None:
+    tokens = _grid_tokens(6, images=2, height=1, width=2, channels=3).float()
+    model = build_model(PradotConfig(layers=("layer",), alphas=(0.3,), n_prototypes=3, init="kmeans++"),
+                        {"layer": tokens}, {"layer": (1, 2)})
+    features = model.members[0].features  # copy k at cell r is row 2 k + r
+    assert torch.equal(features[4:], features[:2])  # copy 2 = copy 0 (2 images for 3 copies)
+    for cell in range(2):
+        assert {tuple(features[k * 2 + cell].tolist()) for k in range(2)} == {tuple(t.tolist()) for t in tokens[:, cell]}
+
+
 def test_build_model_initialises_from_data_unless_the_paper_init_is_asked_for() -> None:
     tokens = {"layer": _grid_tokens(4, images=4, height=2, width=2, channels=3).float()}
     data = build_model(PradotConfig(layers=("layer",), alphas=(0.0,), n_prototypes=2), tokens, {"layer": (2, 2)})
@@ -102,7 +139,7 @@ def test_build_model_initialises_from_data_unless_the_paper_init_is_asked_for() 
     assert bool(((uniform.members[0].features >= 0) & (uniform.members[0].features < 1)).all())
     with pytest.raises(MedotError, match="training set is empty"):
         build_model(PradotConfig(layers=("layer",)), {"layer": torch.empty(0, 4, 3)}, {"layer": (2, 2)})
-    with pytest.raises(MedotError, match="init must be one of data, uniform"):
+    with pytest.raises(MedotError, match=r"init must be one of data, kmeans\+\+, uniform"):
         PradotConfig(init="kmeans")
 
 
@@ -225,3 +262,4 @@ def test_cli_says_which_preset_applies_and_why(capsys) -> None:
     assert (config.layers, config.epochs, config.init, config.warm_start) == (("stride8", "stride16"), 3, "uniform",
                                                                              False)
     assert "PRADOT preset paper:" in capsys.readouterr().out
+    assert _config(parser.parse_args(["--init", "kmeans++"]), Backbone(), "cpu").init == "kmeans++"

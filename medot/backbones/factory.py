@@ -1,50 +1,37 @@
-"""One factory for every backbone name (see :mod:`medot.backbones`)."""
+"""One factory for every backbone name (see :mod:`medot.backbones`).
+
+Importing this module imports no model library: the names, statuses and ``"auto"`` come from
+:mod:`medot.backbones.status` (file checks only) and torch is imported when a backbone is built.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from medot.backbones.base import VisionLanguageBackbone
+from medot.backbones.status import (  # noqa: F401 - re-exported for the callers of the factory
+    AUTO,
+    BIOMEDCLIP,
+    ENCODER_PREFIX,
+    LITE,
+    BackboneStatus,
+    available_backbones,
+    check_loadable,
+    resolve_auto,
+)
 from medot.errors import BackboneUnavailableError
 
-LITE = "lite"
-BIOMEDCLIP = "biomedclip"
-AUTO = "auto"
-ENCODER_PREFIX = "encoder:"
+if TYPE_CHECKING:
+    import torch
 
-
-@dataclass(frozen=True)
-class BackboneStatus:
-    """Whether a backbone can be loaded here, and if not, why."""
-
-    name: str
-    available: bool
-    detail: str
-
-
-def available_backbones() -> list[BackboneStatus]:
-    """Status of the named backbones on this machine (checks files only; downloads nothing)."""
-    from medot.backbones.lite import lite_status
-    from medot.backbones.open_clip_backbone import biomedclip_status
-
-    return [biomedclip_status(), lite_status()]
-
-
-def resolve_auto(name: str) -> str:
-    """``"auto"`` -> ``"biomedclip"`` when its files are here, else ``"lite"``; other names unchanged."""
-    if name != AUTO:
-        return name
-    from medot.backbones.open_clip_backbone import biomedclip_status
-
-    return BIOMEDCLIP if biomedclip_status().available else LITE
+    from medot.backbones.base import VisionLanguageBackbone
 
 
 def default_device(name: str | None = None) -> str:
     """``name`` as given, or for ``None`` / ``""`` / ``"auto"``: CUDA when present, else CPU."""
     if name and name != "auto":
         return name
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -56,16 +43,16 @@ def create_backbone(
     ``encoder:PATH`` (a pretrained image encoder, :mod:`medot.backbones.encoder`) has no text tower:
     it is accepted only when the caller needs the image side alone (``image_only=True``, which
     may then return an :class:`~medot.backbones.base.ImageBackbone`) and refused otherwise."""
+    name = check_loadable(name)  # unknown names and missing files fail here, before torch is imported
+    if name.startswith(ENCODER_PREFIX) and not image_only:
+        raise BackboneUnavailableError(
+            f"{name!r} is an image-only encoder (no text tower): this command needs a vision-language "
+            "backbone ('lite', 'biomedclip', an open_clip model); encoders serve PRADOT, PatchCore and "
+            "'medot eval linear|finetune'"
+        )
     if device is None:
         device = default_device()
-    name = resolve_auto(name.strip())
     if name.startswith(ENCODER_PREFIX):
-        if not image_only:
-            raise BackboneUnavailableError(
-                f"{name!r} is an image-only encoder (no text tower): this command needs a vision-language "
-                "backbone ('lite', 'biomedclip', an open_clip model); encoders serve PRADOT, PatchCore and "
-                "'medot eval linear|finetune'"
-            )
         from medot.backbones.encoder import load_encoder_backbone
 
         return load_encoder_backbone(name).freeze().to(device)
@@ -73,13 +60,8 @@ def create_backbone(
         from medot.backbones.lite import load_lite
 
         backbone = load_lite()
-    elif name == BIOMEDCLIP or name.startswith(("hf-hub:", "open_clip:", "local-dir:")):
+    else:  # check_loadable let through only open_clip names
         from medot.backbones.open_clip_backbone import load_open_clip
 
         backbone = load_open_clip(name)
-    else:
-        raise BackboneUnavailableError(
-            f"unknown backbone {name!r}: use 'auto', 'lite', 'biomedclip', 'hf-hub:ORG/REPO', "
-            "'open_clip:MODEL/PRETRAINED', 'local-dir:PATH' or (image-only methods) 'encoder:PATH'"
-        )
     return backbone.freeze().to(device)

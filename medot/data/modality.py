@@ -10,6 +10,8 @@ that tag belongs to, or ``None`` when neither.
 
 from __future__ import annotations
 
+from medot.errors import CheckpointError
+
 #: modality key -> plain words
 DISPLAY_NAMES = {
     "ct": "CT",
@@ -59,3 +61,14 @@ def match_modality(tag: str | None, modalities: tuple[str, str]) -> str | None:
         if name.lower() == key:
             return side
     return None
+
+
+def modality_side(modality: str, modalities: tuple[str, str], what: str = "this model") -> str:
+    """``"high"`` or ``"low"`` for a modality given as ``high`` / ``low`` or by one of a model's own
+    ``(high, low)`` names; a :class:`~medot.errors.CheckpointError` naming both otherwise."""
+    sides = {"high": "high", "low": "low", modalities[0]: "high", modalities[1]: "low"}
+    if modality not in sides:
+        raise CheckpointError(
+            f"unknown modality {modality!r}: {what} knows 'high' ({modalities[0]}) and 'low' ({modalities[1]})"
+        )
+    return sides[modality]

@@ -75,7 +75,7 @@ METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
         "epsilon": Argument("float", 1e-4, 10.0),
         "preset": Argument("choice", choices=("auto", "paper", "cpu")),
         "plan_budget": Argument("int", 1, 2**40),
-        "init": Argument("choice", choices=("data", "uniform")),
+        "init": Argument("choice", choices=("data", "kmeans++", "uniform")),
     },
     "madpot": {
         **TRAIN_ARGUMENTS,

@@ -12,7 +12,11 @@ Every transition is one compare-and-set ``UPDATE ... WHERE status = ?``, so seve
 processes (the app, a second app, a test) never move a job twice; starting a job happens inside
 a ``BEGIN IMMEDIATE`` transaction that also counts the running jobs, so the parallelism limit
 holds across processes. Each call opens its own connection (WAL journal: readers never wait for
-the writer). The schema version is SQLite's ``user_version``; only parameterised SQL is used.
+the writer). The schema version is SQLite's ``user_version`` (a version-1 registry gains the
+``owner`` column when opened; its jobs have no owner); only parameterised SQL is used.
+
+A job's ``owner`` is who launched it: an app user or session (``user:<login>`` /
+``session:<hash>``), or None for the local operator (the Python API, ``medot train``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from medot.errors import MedotError
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 RESUMABLE: tuple[JobStatus, ...] = ("interrupted", "cancelled", "failed")
 REGISTRY_FILE = "jobs.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOG_FILE = "train.log"
 EVENTS_FILE = "events.jsonl"
 
@@ -57,7 +61,8 @@ CREATE TABLE jobs (
     epoch INTEGER,
     total_epochs INTEGER,
     loss REAL,
-    error TEXT
+    error TEXT,
+    owner TEXT
 );
 CREATE INDEX jobs_by_status ON jobs (status, id);
 """
@@ -70,7 +75,8 @@ class JobError(MedotError):
 @dataclass(frozen=True)
 class JobRecord:
     """One row of the registry. ``epoch``/``total_epochs``/``loss`` are the last progress read from
-    the job's events; ``error`` says why a job failed or was interrupted; ``resume`` is set when
+    the job's events; ``error`` says why a job failed or was interrupted; ``owner`` is who launched it
+(None: the local operator); ``resume`` is set when
     the next start must pass ``--resume``; ``process_token`` guards ``pid`` against reuse
     (:mod:`medot.jobs.processes`)."""
 
@@ -94,6 +100,7 @@ class JobRecord:
     total_epochs: int | None
     loss: float | None
     error: str | None
+    owner: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
@@ -118,6 +125,7 @@ class JobRecord:
             total_epochs=row["total_epochs"],
             loss=row["loss"],
             error=row["error"],
+            owner=row["owner"],
         )
 
 
@@ -143,6 +151,9 @@ class JobRegistry:
                 if version == 0:
                     for statement in filter(str.strip, _SCHEMA.split(";")):
                         connection.execute(statement)
+                elif version == 1:  # before jobs had owners: the existing jobs keep none (the operator's)
+                    connection.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+                if version < SCHEMA_VERSION:
                     # PRAGMA takes no parameters; SCHEMA_VERSION is a constant int
                     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
 
@@ -173,10 +184,21 @@ class JobRegistry:
         return [JobRecord.from_row(row) for row in rows]
 
     # ------------------------------------------------------------------ transitions
-    def create(self, method: str, arguments: dict[str, Any], jobs_dir: Path, max_active: int | None = None) -> JobRecord:
-        """A new queued job whose files live in ``jobs_dir/<id>``; refused (:class:`JobError`) when
-        ``max_active`` jobs are already queued or running (counted in the same transaction)."""
+    def create(self, method: str, arguments: dict[str, Any], jobs_dir: Path, max_active: int | None = None,
+               *, owner: str | None = None, max_owner_active: int | None = None) -> JobRecord:
+        """A new queued job of ``owner`` whose files live in ``jobs_dir/<id>``; refused
+        (:class:`JobError`) when ``max_active`` jobs in all, or ``max_owner_active`` jobs of
+        ``owner``, are already queued or running (counted in the same transaction)."""
         with self._connect() as connection, _transaction(connection):
+            if owner is not None and max_owner_active is not None:
+                mine = [row[0] for row in connection.execute(
+                    "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND owner = ? ORDER BY id", (owner,)
+                )]
+                if len(mine) >= max_owner_active:
+                    raise JobError(
+                        f"you already have {len(mine)} job(s) queued or running ({', '.join(map(str, mine))}), "
+                        f"the most one user may have ({max_owner_active}); wait for one to finish or cancel one"
+                    )
             if max_active is not None:
                 active = connection.execute(
                     "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
@@ -187,9 +209,9 @@ class JobRegistry:
                         f"({max_active}); wait for one to finish or cancel one"
                     )
             cursor = connection.execute(
-                "INSERT INTO jobs (method, arguments, status, created_at, job_dir, log_path, events_path) "
-                "VALUES (?, ?, 'queued', ?, '', '', '')",
-                (method, json.dumps(arguments, sort_keys=True), _now()),
+                "INSERT INTO jobs (method, arguments, status, created_at, job_dir, log_path, events_path, owner) "
+                "VALUES (?, ?, 'queued', ?, '', '', '', ?)",
+                (method, json.dumps(arguments, sort_keys=True), _now(), owner),
             )
             job_id = cursor.lastrowid
             job_dir = Path(jobs_dir) / str(job_id)

@@ -19,6 +19,10 @@ Interrupted, cancelled and failed jobs :meth:`~JobManager.resume` in the same jo
 ``--resume``. At most ``max_parallel`` jobs run at once; the others wait, queued, and start (oldest
 first) as running ones end - a thread per child reaps it the moment it exits.
 
+Jobs have owners (:attr:`JobRecord.owner`): a request made for an ``owner`` (an app user or
+session) may cancel or resume only that owner's jobs; a request without one is the local
+operator's and may act on any job.
+
 The child gets the manager's ``MEDOT_HOME`` and ``MEDOT_DATA_ROOT`` and unbuffered output, and stays
 in the app's process group: Ctrl-C on the app also stops its jobs cleanly (they become interrupted).
 """
@@ -71,7 +75,8 @@ class _Outcome(NamedTuple):
 class JobManager:
     """Submits, watches, cancels and resumes training jobs of the registry ``home/jobs.sqlite3``
     (job directories under ``home/jobs``); user paths must lie under ``data_root``; at most
-    ``max_active`` jobs may be queued or running at once (None: no limit).
+    ``max_active`` jobs may be queued or running at once, at most ``max_active_per_owner`` of
+    them one owner's (None: no limit).
 
     Safe to share between threads; several managers (processes) may use one registry. Creating one
     reconciles the registry at once (jobs left running by a previous app become interrupted once
@@ -88,6 +93,7 @@ class JobManager:
         methods: Mapping[str, Mapping[str, Argument]] = METHOD_ARGUMENTS,
         cancel_grace_s: float = 15.0,
         max_active: int | None = None,
+        max_active_per_owner: int | None = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
@@ -99,26 +105,29 @@ class JobManager:
         self.methods = methods
         self.cancel_grace_s = cancel_grace_s
         self.max_active = max_active
+        self.max_active_per_owner = max_active_per_owner
         self.registry = JobRegistry(self.home / REGISTRY_FILE)
         self._lock = threading.RLock()
         self._children: dict[int, tuple[int, subprocess.Popen]] = {}  # job id -> (attempt, its process)
         self.refresh()
 
     # ------------------------------------------------------------------ requests
-    def submit(self, method: str, args: Mapping[str, Any]) -> int:
-        """Queue a ``method`` training job with ``args`` (checked by
-        :func:`~medot.jobs.arguments.validate_arguments`, its dataset by
+    def submit(self, method: str, args: Mapping[str, Any], owner: str | None = None) -> int:
+        """Queue a ``method`` training job of ``owner`` (None: the operator) with ``args`` (checked
+        by :func:`~medot.jobs.arguments.validate_arguments`, its dataset by
         :func:`~medot.jobs.datasets.check_job_dataset`) and start it if a slot is free."""
         arguments = validate_arguments(method, args, self.data_root, self.methods)
         check_job_dataset(method, arguments, self.home, self.data_root)
-        job_id = self.registry.create(method, arguments, self.jobs_dir, max_active=self.max_active).id
+        job_id = self.registry.create(method, arguments, self.jobs_dir, max_active=self.max_active, owner=owner,
+                                      max_owner_active=self.max_active_per_owner).id
         self.refresh()
         return job_id
 
-    def cancel(self, job_id: int) -> JobRecord:
+    def cancel(self, job_id: int, owner: str | None = None) -> JobRecord:
         """Cancel a queued job, or stop a running one: SIGTERM (it saves its resumable state and
         exits), then SIGKILL if it has not exited after ``cancel_grace_s`` seconds. Returns once
-        the process is gone."""
+        the process is gone. With an ``owner``, only that owner's jobs (:meth:`owned`)."""
+        self.owned(job_id, owner, "cancel")
         with self._lock:
             if self.registry.cancel_queued(job_id):
                 return self.registry.get(job_id)
@@ -134,15 +143,26 @@ class JobManager:
         self.refresh()
         return self.registry.get(job_id)
 
-    def resume(self, job_id: int) -> JobRecord:
+    def resume(self, job_id: int, owner: str | None = None) -> JobRecord:
         """Queue an interrupted, cancelled or failed job again; it re-runs with ``--resume`` in its
-        job directory, continuing from its last saved state."""
+        job directory, continuing from its last saved state. With an ``owner``, only that owner's
+        jobs (:meth:`owned`)."""
+        self.owned(job_id, owner, "resume")
         with self._lock:
             if not self.registry.requeue_for_resume(job_id):
                 status = self.registry.get(job_id).status
                 raise JobError(f"job {job_id} is {status}: only interrupted, cancelled or failed jobs can be resumed")
             self.refresh()
             return self.registry.get(job_id)
+
+    def owned(self, job_id: int, owner: str | None, action: str = "change") -> JobRecord:
+        """The job, if ``owner`` may ``action`` it: its own jobs, or any job when ``owner`` is None
+        (the operator); raises :class:`JobError` otherwise."""
+        record = self.registry.get(job_id)
+        if owner is not None and record.owner != owner:
+            who = "outside the app (by the operator)" if record.owner is None else "by someone else"
+            raise JobError(f"job {job_id} was launched {who}: you can only {action} your own jobs")
+        return record
 
     # ------------------------------------------------------------------ views
     def get(self, job_id: int) -> JobRecord:

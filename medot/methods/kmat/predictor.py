@@ -21,6 +21,7 @@ from torch import Tensor
 from medot.backbones.base import VisionLanguageBackbone
 from medot.checkpoint import load_checkpoint
 from medot.data.io import MedicalImage
+from medot.data.modality import modality_side
 from medot.errors import CheckpointError
 from medot.methods.kmat.runner import TRAINED_METHODS
 from medot.methods.prompt_learning.prompts import HIGH, LOW, PromptLearner
@@ -46,13 +47,8 @@ class PromptPredictor:
         return self.prompts.backbone
 
     def modality_index(self, modality: str) -> int:
-        names = {"high": HIGH, "low": LOW, self.modalities[0]: HIGH, self.modalities[1]: LOW}
-        if modality not in names:
-            raise CheckpointError(
-                f"unknown modality {modality!r}: this {self.method} model knows 'high' ({self.modalities[0]}) "
-                f"and 'low' ({self.modalities[1]})"
-            )
-        return names[modality]
+        side = modality_side(modality, self.modalities, f"this {self.method} model")
+        return HIGH if side == "high" else LOW
 
     @torch.no_grad()
     def logits(self, image_embedding: Tensor, modality: str) -> Tensor:

@@ -130,8 +130,9 @@ def _add_pradot_options(parser: argparse.ArgumentParser) -> None:
         "gives more EMA steps per epoch (default: paper none, cpu 2097152 = 8 MiB of float32)",
     )
     parser.add_argument(
-        "--init", choices=("data", "uniform"), default=None,
-        help="prototype start: 'data' (training features at each prototype's cell; default) or 'uniform' "
+        "--init", choices=("data", "kmeans++", "uniform"), default=None,
+        help="prototype start: 'data' (training features at each prototype's cell, drawn at random; default), "
+        "'kmeans++' (the same, chosen per cell by k-means++ seeding on cosine distance) or 'uniform' "
         "(the authors' U[0,1) noise, needs many more steps)",
     )
     parser.add_argument("--epsilon", type=float, default=None, help="entropic regularisation (default: 0.01)")

@@ -10,9 +10,10 @@ from medot.errors import MedotError
 DEFAULT_ALPHAS = (0.0, 0.3)
 """The paper's ensemble: global (alpha = 0) and local (alpha = 0.3) prototypes on each layer."""
 
-INITS = ("data", "uniform")
+INITS = ("data", "kmeans++", "uniform")
 r"""Prototype initialisations: features sampled from the training set at each prototype's own cell
-(``data``, default) or the authors' :math:`\mathcal{U}[0, 1)^C` noise (``uniform``)."""
+(``data``, default), the same chosen per cell by k-means++ seeding in the cosine geometry
+(``kmeans++``), or the authors' :math:`\mathcal{U}[0, 1)^C` noise (``uniform``)."""
 
 SINKHORN_TOL = 1e-2
 r"""Default stopping tolerance of a training step's Sinkhorn solve: the L1 error of the prototype

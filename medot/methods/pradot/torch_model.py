@@ -161,6 +161,32 @@ class PrototypeBank(nn.Module):
         self.dual_g = None
 
     @torch.no_grad()
+    def init_kmeans_plus_plus(self, tokens: Tensor, seed: int = 0) -> None:
+        r"""Start the ``n`` prototypes of each cell at ``n`` training embeddings of that cell chosen by
+        k-means++ seeding (:func:`sklearn.cluster.kmeans_plusplus`; Arthur & Vassilvitskii 2007):
+        the first uniformly, each next one with probability :math:`\propto D(x)^2`, its squared
+        distance to the nearest one chosen so far. Distances are taken between L2-normalised
+        embeddings, :math:`\|\hat x - \hat y\|^2 = 2(1 - \cos(x, y))`, i.e. in PRADOT's feature cost;
+        the prototypes are the raw embeddings chosen. ``tokens`` ``[N, HW, C]``; with ``N < n`` the
+        cell's order repeats as in :meth:`init_from_data`. Cell ``r`` seeds ``SeedSequence([seed, r])``.
+        """
+        from sklearn.cluster import kmeans_plusplus
+
+        self._check_tokens(tokens)
+        count, cells, _ = tokens.shape
+        data = tokens.detach().to("cpu", torch.float32)
+        unit = torch.nn.functional.normalize(data, dim=-1).numpy()
+        chosen = torch.empty(self.n_prototypes, cells, dtype=torch.long)
+        for cell in range(cells):
+            state = int(np.random.SeedSequence([seed, cell]).generate_state(1)[0])
+            picks = min(self.n_prototypes, count)
+            _, indices = kmeans_plusplus(np.ascontiguousarray(unit[:, cell]), picks, random_state=state)
+            chosen[:, cell] = torch.as_tensor(indices)[torch.arange(self.n_prototypes) % picks]
+        where = torch.arange(cells).repeat(self.n_prototypes)
+        self.features.copy_(data[chosen.reshape(-1), where].to(self.features))
+        self.dual_g = None
+
+    @torch.no_grad()
     def transport_plan(self, tokens: Tensor, *, warm: bool | None = None) -> SinkhornResult:
         """The training step's OT solve on ``tokens`` ``[B, HW, C]`` (plan ``[B HW, P]``), warm-started
         from :attr:`dual_g` when ``warm`` (default: ``warm_start``) and a previous solve exists.
@@ -339,6 +365,13 @@ class PradotModel(nn.Module):
         for index, member in enumerate(self.members):
             member_seed = int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0])
             member.init_from_data(tokens[member.layer], torch.Generator().manual_seed(member_seed))
+
+    def init_kmeans_plus_plus(self, tokens: Mapping[str, Tensor], seed: int = 0) -> None:
+        """:meth:`PrototypeBank.init_kmeans_plus_plus` for every member on its layer's training tokens,
+        member ``i`` seeded by ``SeedSequence([seed, i, 2])``."""
+        for index, member in enumerate(self.members):
+            member_seed = int(np.random.SeedSequence([seed, index, 2]).generate_state(1)[0])
+            member.init_kmeans_plus_plus(tokens[member.layer], member_seed)
 
     def plan_entries_per_image(self) -> int:
         """The largest OT plan one training image adds over the members: ``max HW * P``."""

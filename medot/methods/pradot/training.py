@@ -117,10 +117,14 @@ def build_model(
         sinkhorn_tol=config.sinkhorn_tol,
         warm_start=config.warm_start,
     )
-    if config.init == "data":
+    if config.init in ("data", "kmeans++"):
         for layer in config.layers:
             effective_batch_size(int(tokens[layer].shape[0]), 1)  # refuses an empty training set
-        model.init_from_data({layer: tokens[layer] for layer in config.layers}, config.seed)
+        chosen = {layer: tokens[layer] for layer in config.layers}
+        if config.init == "data":
+            model.init_from_data(chosen, config.seed)
+        else:
+            model.init_kmeans_plus_plus(chosen, config.seed)
     return model
 
 
