@@ -5,11 +5,13 @@ figures of a shared deployment (issue 13) instead.
 Starts ``python app.py`` on a free port with a fresh MEDOT_HOME (as a user would), then measures
 through gradio_client. A K-MaT checkpoint (stored class embeddings only, as the map needs) is
 written into MEDOT_HOME *after* the app started: the page-load list call must find it. With
-``--umap`` the first UMAP map is timed from the moment the page is served, with the app's background
-warm-up on (the default) and, in a second app, off (``MEDOT_WARM_UMAP=0``), each on its own empty
-numba cache. Run from the repository root::
+``--umap`` (or ``--umap-only``) the first UMAP map is timed from the request, asked the moment the page
+is served, with the app's background warm-up on (the default) and, in a second app, off
+(``MEDOT_WARM_UMAP=0``), each on its own empty numba cache; then with the warm-up on and the map asked
+``--umap-wait`` seconds after the page, and in an app started again on the first app's MEDOT_HOME
+(whose numba cache holds the compiled code). Run from the repository root::
 
-    python -m benchmarks.app_bench [--requests 20] [--sequential 10] [--umap]
+    python -m benchmarks.app_bench [--requests 20] [--sequential 10] [--umap | --umap-only] [--umap-wait 60]
     python -m benchmarks.app_bench --deployment [--sessions 150] [--kills 20]
 
 ``--deployment`` measures, side by side in one run:
@@ -99,30 +101,48 @@ def write_stored_kmat(path: Path, dim: int = 32, classes: int = 3) -> str:
     return str(save_checkpoint(path, Checkpoint(tensors, meta)))
 
 
-def first_umap(warm: bool) -> tuple[float, float]:
-    """(seconds from the served page to the first UMAP map, cold start) in a fresh app."""
+def first_umap(warm: bool, home: Path, wait: float = 0.0) -> tuple[float, float]:
+    """(seconds from the request to the first UMAP map, cold start) in a fresh app on ``home``; the
+    map is asked for ``wait`` seconds after the page is served."""
     from gradio_client import Client
 
     port = _free_port()
-    with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "MEDOT_HOME": home, "MEDOT_PORT": str(port), "HF_HUB_OFFLINE": "1",
-               "MEDOT_WARM_UMAP": "1" if warm else "0",
-               # both apps on their own empty cache, the one the warm-up uses ($MEDOT_HOME/cache/numba):
-               # without it the warm-up-off app would read and fill numba's cache next to umap's sources
-               "NUMBA_CACHE_DIR": str(Path(home) / "cache" / "numba")}
-        model = write_stored_kmat(Path(home) / "models" / "stored" / "model")
-        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            cold = _wait_for_page(url, process, timeout=300)
-            client = Client(url, verbose=False)
-            start = time.perf_counter()
-            client.predict(model, "", "umap", True, api_name="/manifold")
-            return time.perf_counter() - start, cold
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    env = {**os.environ, "MEDOT_HOME": str(home), "MEDOT_PORT": str(port), "HF_HUB_OFFLINE": "1",
+           "MEDOT_WARM_UMAP": "1" if warm else "0",
+           # the numba cache the warm-up uses ($MEDOT_HOME/cache/numba), for both apps: without it
+           # the warm-up-off app would read and fill numba's cache next to umap's sources
+           "NUMBA_CACHE_DIR": str(home / "cache" / "numba")}
+    model = home / "models" / "stored" / "model"
+    if not model.with_suffix(".json").is_file():
+        write_stored_kmat(model)
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        cold = _wait_for_page(url, process, timeout=300)
+        client = Client(url, verbose=False)
+        time.sleep(wait)
+        start = time.perf_counter()
+        client.predict(str(model.with_suffix(".safetensors")), "", "umap", True, api_name="/manifold")
+        return time.perf_counter() - start, cold
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def umap_figures(wait: float) -> None:
+    """First UMAP map with the warm-up on and off (each on an empty numba cache), on after ``wait``
+    seconds, and on a second start that finds the first one's compiled code."""
+    with tempfile.TemporaryDirectory() as first, tempfile.TemporaryDirectory() as second, \
+            tempfile.TemporaryDirectory() as third:
+        runs = [("warm-up on, asked at once", True, Path(first), 0.0),
+                ("warm-up off, asked at once", False, Path(second), 0.0),
+                (f"warm-up on, asked {wait:.0f} s after the page", True, Path(third), wait),
+                ("second start on the first run's MEDOT_HOME (compiled code cached), asked at once", True,
+                 Path(first), 0.0)]
+        for name, warm, home, delay in runs:
+            seconds, cold_start = first_umap(warm, home, delay)
+            print(f"first UMAP map, {name}: {seconds:.1f} s (page after {cold_start:.1f} s)")
 
 
 def main() -> None:
@@ -130,6 +150,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20, help="concurrent classify requests (default 20)")
     parser.add_argument("--sequential", type=int, default=10, help="timed sequential classify calls (default 10)")
     parser.add_argument("--umap", action="store_true", help="also time the first UMAP map, warm-up on vs off")
+    parser.add_argument("--umap-only", action="store_true", help="only the UMAP figures (no classify figures)")
+    parser.add_argument("--umap-wait", type=float, default=60.0,
+                        help="seconds after the page before the map in the third UMAP run (default 60)")
     parser.add_argument("--deployment", action="store_true", help="the deployment figures instead (module docstring)")
     parser.add_argument("--sessions", type=int, default=150, help="fresh sessions per endpoint (default 150)")
     parser.add_argument("--kills", type=int, default=20, help="kills during checkpoint saves (default 20)")
@@ -137,6 +160,9 @@ def main() -> None:
     print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs")
     if args.deployment:
         deployment(args)
+        return
+    if args.umap_only:
+        umap_figures(args.umap_wait)
         return
     from gradio_client import Client
 
@@ -175,10 +201,7 @@ def main() -> None:
         f"p50 {1000 * _percentile(concurrent, 0.5):.0f} ms, p95 {1000 * _percentile(concurrent, 0.95):.0f} ms"
     )
     if args.umap:
-        for warm in (True, False):
-            seconds, cold_start = first_umap(warm)
-            print(f"first UMAP map after the page is served, warm-up {'on' if warm else 'off'}: {seconds:.1f} s "
-                  f"(page after {cold_start:.1f} s)")
+        umap_figures(args.umap_wait)
 
 
 # --------------------------------------------------------------------------- --deployment

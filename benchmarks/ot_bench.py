@@ -27,6 +27,7 @@ Run from the repository root::
     python -m benchmarks.ot_bench --quick            # small sizes, checks the script end to end
     python -m benchmarks.ot_bench                    # the sizes above on CPU (+ CUDA if present)
     python -m benchmarks.ot_bench --threads 2        # both sides at 2 torch threads
+    python -m benchmarks.ot_bench --fgw-calls 100    # full sizes, fewer FGW problems in (c)
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +99,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(step: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of ``step`` over ``repeats`` runs after one untimed warm-up run."""
-    step()
+def median_seconds(
+    step: Callable[[], object], device: torch.device, repeats: int, warmup: Callable[[], object] | None = None
+) -> float:
+    """Median wall time of ``step`` over ``repeats`` runs after one untimed warm-up run (of
+    ``warmup`` if given, e.g. a single call of a loop, else of ``step``)."""
+    (warmup or step)()
     timings = []
     for _ in range(repeats):
         synchronize(device)
@@ -246,9 +250,9 @@ def kmat(device: torch.device, sizes: Sizes) -> None:
     def leaves() -> tuple[torch.Tensor, torch.Tensor]:
         return source.clone().requires_grad_(), target.clone().requires_grad_()
 
-    def ours(gradient: str, batched: bool) -> Callable[[], None]:
+    def ours(gradient: str, batched: bool, calls: int | None = None) -> Callable[[], None]:
         def step() -> None:
-            X, Y = leaves()
+            X, Y = (t[:calls] for t in leaves())
             options = {**FGW_OPTIONS, **MEDOT_FGW_STOPPING, "gradient": gradient}
             if batched:
                 result = entropic_fused_gromov_wasserstein(*costs(X, Y), **options)
@@ -261,8 +265,8 @@ def kmat(device: torch.device, sizes: Sizes) -> None:
 
         return step
 
-    def theirs_torch() -> None:
-        for X, Y in zip(*leaves()):
+    def theirs_torch(calls: int | None = None) -> None:
+        for X, Y in zip(*(t[:calls] for t in leaves())):
             fgw = ot.gromov.entropic_fused_gromov_wasserstein2
             fgw(*costs(X, Y), **FGW_OPTIONS, **POT_FGW_STOPPING).backward()
 
@@ -271,9 +275,9 @@ def kmat(device: torch.device, sizes: Sizes) -> None:
     fixed = f"{FGW_OUTER} outer x {FGW_INNER} inner iterations"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pot_time = median_seconds(theirs_torch, device, 1)
-        unrolled_loop = median_seconds(ours("unrolled", False), device, 1)
-        envelope_loop = median_seconds(ours("envelope", False), device, 1)
+        pot_time = median_seconds(theirs_torch, device, 1, warmup=lambda: theirs_torch(1))
+        unrolled_loop = median_seconds(ours("unrolled", False), device, 1, warmup=ours("unrolled", False, 1))
+        envelope_loop = median_seconds(ours("envelope", False), device, 1, warmup=ours("envelope", False, 1))
         envelope_batched = median_seconds(ours("envelope", True), device, 1)
     conditions = f"{threads} torch thread(s) both, float32, {fixed}, autograd through the iterations both"
     report("medot unrolled loop vs POT torch loop", unrolled_loop, pot_time, KMAT_TARGET, conditions)
@@ -287,6 +291,10 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda if available)")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (checks the script)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides (default: 1)")
+    parser.add_argument("--fgw-calls", type=int, default=None, help="FGW problems in (c) (default: 500; quick 10)")
+    parser.add_argument(
+        "--only", choices=("madpot", "pradot", "kmat"), nargs="+", default=None, help="run only these rows (default: all)"
+    )
     parser.add_argument("--pradot-worker", nargs=2, metavar=("SOLVER", "COST_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -295,14 +303,17 @@ def main() -> None:
         pradot_worker(*args.pradot_worker)
         return
     sizes = QUICK if args.quick else FULL
+    if args.fgw_calls:
+        sizes = replace(sizes, fgw_calls=args.fgw_calls)
+    parts = {"madpot": madpot, "pradot": pradot, "kmat": kmat}
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for name in devices:
         device = torch.device(name)
         label = " [quick sizes]" if args.quick else ""
         print(f"== device {device}, torch threads {torch.get_num_threads()}{label}")
-        madpot(device, sizes)
-        pradot(device, sizes)
-        kmat(device, sizes)
+        for name, part in parts.items():
+            if args.only is None or name in args.only:
+                part(device, sizes)
 
 
 if __name__ == "__main__":

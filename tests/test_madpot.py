@@ -27,6 +27,7 @@ from medot.methods.madpot.losses import (
 from medot.methods.madpot.model import (
     LayerAdapter,
     MadpotModel,
+    contrast,
     fuse_prompts,
     transport_logits,
     transport_plans,
@@ -166,6 +167,31 @@ def test_prompts_are_k_per_class_and_fusion_is_the_normalised_mean(backbone, enc
     assert model.prompts.learners[1].context is model.prompts.context
     single = _model(backbone, encoded, n_prompts=1)
     assert single.prompts(0).shape == (2, 1, backbone.embed_dim)
+
+
+def test_layer_outputs_equal_the_term_by_term_definition(backbone, encoded):
+    """The fused computation (unnormalised heads divided by their norms, one product with all
+    prompts, one OT solve for both heads) gives what transport_logits / contrast give per head on
+    the normalised features -- for one object and for a batch mixing two objects."""
+    _, enc = encoded
+    model = _model(backbone, encoded)
+    model.set_object("chest X-ray")
+    tokens = {layer: t[:4] for layer, t in enc.tokens.items()}
+    for objects in ([0, 0, 0, 0], [0, 1, 1, 0]):
+        prompts = model.object_prompts(torch.tensor(objects))
+        outputs = model.layer_outputs(tokens, prompts)
+        fused = fuse_prompts(prompts)
+        for layer, output in outputs.items():
+            det, seg = model.adapters[layer.replace(".", "_")](tokens[layer].float())
+            for head, got in ((det, output.pot_det), (seg, output.pot_seg)):
+                want = transport_logits(head, prompts, model.logit_scale, model.config)
+                torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-4)
+                torch.testing.assert_close(got.patch_logits, want.patch_logits, rtol=1e-5, atol=1e-4)
+                torch.testing.assert_close(got.plan, want.plan, rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(output.cl_logits, model.logit_scale * contrast(det, fused).mean(-1),
+                                       rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(output.cl_patch_logits, model.logit_scale * contrast(seg, fused),
+                                       rtol=1e-5, atol=1e-4)
 
 
 def test_ablation_switches_change_exactly_their_terms(backbone, encoded):
@@ -311,3 +337,22 @@ def test_epoch_selection_uses_valid_images_outside_the_support_never_test(backbo
     assert all("val_score" in record for record in fitted.result.history)
     best = max(fitted.result.history, key=lambda record: record["val_score"])
     assert fitted.result.best_epoch == best["epoch"]
+
+
+def test_scoring_reuses_the_prompts_until_the_context_changes(backbone, encoded):
+    _, enc = encoded
+    model = _model(backbone, encoded).eval()
+    tokens = {layer: t[:2] for layer, t in enc.tokens.items()}
+    calls = []
+    original = model.prompts.forward
+    model.prompts.forward = lambda index: calls.append(index) or original(index)
+    first = model(tokens, (16, 16))
+    again = model(tokens, (16, 16))
+    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    with torch.no_grad():
+        model.prompts.context.add_(0.5)  # what an optimiser step does
+    changed = model(tokens, (16, 16))
+    assert len(calls) == 2 and not torch.equal(changed[1], first[1])
+    with torch.enable_grad():
+        model.object_prompts(torch.zeros(2, dtype=torch.long))  # training: always through the tower
+    assert len(calls) == 3

@@ -176,3 +176,57 @@ def test_predict_anomaly_reads_a_madpot_model(synthetic, backbone, tmp_path, cap
     _, scores = detector.predict([read_image(image).rgb()])
     assert printed["method"] == "madpot" and printed["calibrated"] is True
     assert printed["results"][0]["score"] == pytest.approx(float(scores[0]), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------- MVTec AD (normal-only training)
+def _abnormal_folder(folder, count=2, size=64):
+    """Abnormal CT cases rendered outside the synthetic set (a user's folder of abnormal shots), with masks."""
+    from PIL import Image
+
+    from medot.data.synthetic import render_ct_case
+
+    (folder / "masks").mkdir(parents=True)
+    for index in range(count):
+        image, mask = render_ct_case("nodule", (99, index), size)
+        Image.fromarray(image).save(folder / f"shot{index}.png")
+        Image.fromarray((mask * 255).astype("uint8")).save(folder / "masks" / f"shot{index}_mask.png")
+    return folder
+
+
+def test_mvtec_without_abnormal_shots_runs_patchcore_and_says_what_else_is_possible(synthetic, tmp_path, capsys):
+    mvtec = str(synthetic.mvtec_root)
+    assert main(["train", "madpot", "--data", mvtec, "--shots", "2", "--out", str(tmp_path / "m"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "MVTec AD dataset" in err and "--abnormal-shots DIR" in err and "--methods zeroshot,patchcore" in err
+    assert main(["benchmark", "madpot", "--data", mvtec, "--shots", "2", "--seeds", "1", "--methods", "patchcore,mvfa",
+                 "--out", str(tmp_path), *FAST]) == 2
+    assert "MVFA needs k abnormal support images" in capsys.readouterr().err
+    assert main(["benchmark", "madpot", "--data", mvtec, "--shots", "2", "--seeds", "1", "--methods", "patchcore",
+                 "--out", str(tmp_path), *FAST]) == 0
+    with (tmp_path / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["object"], r["method"]) for r in rows] == [("phantom", "patchcore")]
+    assert 0.0 <= float(rows[0]["image_auroc"]) <= 1.0 and 0.0 <= float(rows[0]["pixel_auroc"]) <= 1.0
+
+
+def test_mvtec_with_a_folder_of_abnormal_shots_trains_madpot_and_never_takes_them_from_test(synthetic, tmp_path, capsys):
+    mvtec = synthetic.mvtec_root
+    test_defects = mvtec / "phantom" / "test" / "nodule"
+    assert main(["train", "madpot", "--data", str(mvtec), "--shots", "2", "--abnormal-shots", str(test_defects),
+                 "--out", str(tmp_path / "leak"), *FAST]) == 2
+    assert "inside the test split" in capsys.readouterr().err
+    shots = _abnormal_folder(tmp_path / "shots")
+    out = tmp_path / "run"
+    assert main(["train", "madpot", "--data", str(mvtec), "--shots", "2", "--abnormal-shots", str(shots),
+                 "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "2 normal images drawn from phantom/train/good and 2 abnormal ones from" in printed
+    meta = json.loads((out / "model.json").read_text())
+    images = meta["training"]["support"]["phantom"]["images"]
+    assert sum("/train/good/" in path for path in images) == 2 and sum(path.startswith(str(shots)) for path in images) == 2
+    assert not any("/test/" in path for path in images)
+    assert meta["localised"] is True  # the shots' masks were read: the segmentation loss was on
+    assert 0.0 <= meta["metrics"]["image_auroc"] <= 1.0 and meta["metrics"]["pixel_auroc"] is not None
+    assert main(["train", "madpot", "--data", str(synthetic.mvfa_root), "--object", "Retina", "--shots", "2",
+                 "--abnormal-shots", str(shots), "--out", str(tmp_path / "mvfa"), *FAST]) == 2
+    assert "for MVTec AD folders" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """medot.ot.sinkhorn against POT's log-domain Sinkhorn, plus gradients, batching and failures."""
 
+import sys
 import warnings
 
 import numpy as np
@@ -307,3 +308,44 @@ def test_iterates_that_turn_non_finite_stop_at_once():
     cost = torch.rand(5, 6, generator=torch.Generator().manual_seed(7)) * 1e30
     with pytest.raises(OTError, match=r"non-finite iterates in problem 0 at iteration 1 "):
         sinkhorn(cost, epsilon=1e-12, max_iter=10**9)
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "epsilon", "scale"),
+    [(40, 300, 0.05, 1.0), (300, 40, 0.05, 1.0), (60, 50, 0.01, 5.0), (50, 60, 1e-3, 10.0)],
+)
+def test_one_exponentiation_loop_gives_the_log_sum_exp_iterates(monkeypatch, rows, cols, epsilon, scale):
+    """The no-grad CPU loop (one exp per iteration, blocked, row- or column-major kernel) against the
+    two-log-sum-exp loop that autograd records: same plans and iteration counts, with zero weights
+    and with the hard starts (small epsilon) where the scaled sums leave their range and it falls
+    back to log-sum-exp."""
+    import medot.ot._kernels as kernels
+
+    monkeypatch.setattr(kernels, "_BLOCK_ELEMENTS_CPU", 1000)  # several blocks even for small problems
+    fallbacks = []
+    original = kernels.scaling_pair
+
+    def counting(*args):
+        pair = original(*args)
+        fallbacks.append(pair is None)
+        return pair
+
+    monkeypatch.setattr(sys.modules["medot.ot.sinkhorn"], "scaling_pair", counting)
+    cost, a, b = random_problem(rows, cols, batch=2, scale=scale, seed=rows + cols)
+    if epsilon < 0.05:  # a far-away row: its mass in the first column-normalised plan is ~exp(-3 / epsilon)
+        cost[:, -1] += 3.0
+    a[0, :3] = 0.0
+    b[1, -2:] = 0.0
+    a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
+    options = {"epsilon": epsilon, "max_iter": 400, "tol": 1e-9}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fused = sinkhorn(cost, a, b, **options)
+        leaf = cost.clone().requires_grad_()
+        recorded = sinkhorn(leaf, a, b, gradient="unrolled", **options)
+    assert fallbacks and not all(fallbacks)
+    torch.testing.assert_close(fused.plan, recorded.plan.detach(), rtol=1e-9, atol=1e-13)
+    assert fused.diagnostics.iterations.tolist() == recorded.diagnostics.iterations.tolist()
+    assert float(fused.plan[0, :3].abs().max()) == 0.0 and float(fused.plan[1, :, -2:].abs().max()) == 0.0
+    if epsilon < 0.05:
+        assert any(fallbacks)

@@ -28,22 +28,24 @@ raise :class:`MetricError`, a :class:`medot.errors.MedotError` and a ``ValueErro
 message that says what to change.
 """
 
-from medot.eval._inputs import MetricError
-from medot.eval.calibration import NormalCalibration
-from medot.eval.anomaly import (
-    DEFAULT_FPR_LIMIT,
-    AUPROResult,
-    au_pro,
-    image_auroc,
-    pixel_auroc,
-)
-from medot.eval.classification import (
-    SeedSummary,
-    accuracy,
-    harmonic_mean_accuracy,
-    macro_f1,
-    summarise_seeds,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medot.eval._inputs import MetricError
+    from medot.eval.anomaly import DEFAULT_FPR_LIMIT, AUPROResult, au_pro, image_auroc, pixel_auroc
+    from medot.eval.calibration import NormalCalibration
+    from medot.eval.classification import SeedSummary, accuracy, harmonic_mean_accuracy, macro_f1, summarise_seeds
+
+#: public name -> the submodule that defines it. Loaded on first use (PEP 562): the metrics pull in
+#: scikit-learn, scipy and pandas, which :mod:`medot.eval.evidence` (``medot predict``) never needs
+_SOURCES = {
+    "MetricError": "medot.eval._inputs",
+    "NormalCalibration": "medot.eval.calibration",
+    **dict.fromkeys(("DEFAULT_FPR_LIMIT", "AUPROResult", "au_pro", "image_auroc", "pixel_auroc"), "medot.eval.anomaly"),
+    **dict.fromkeys(("SeedSummary", "accuracy", "harmonic_mean_accuracy", "macro_f1", "summarise_seeds"),
+                    "medot.eval.classification"),
+}
 
 __all__ = [
     "DEFAULT_FPR_LIMIT",
@@ -59,3 +61,13 @@ __all__ = [
     "pixel_auroc",
     "summarise_seeds",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in _SOURCES:
+        return getattr(import_module(_SOURCES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _SOURCES.keys())

@@ -28,10 +28,20 @@ default start :math:`\mathbf{f} = \mathbf{g} = 0` coincides with it for uniform 
 is exponentiated before the final plan, so no kernel under/overflow occurs for any
 :math:`\varepsilon` or cost range (e.g. :math:`\varepsilon = 10^{-3}` on costs in ``[0, 100]``).
 
-**Memory.** Without a graph to record, the solver allocates one ``[B, N, M]`` buffer,
-:math:`-\mathbf{C}/\varepsilon`, which becomes the returned plan in place; the reductions run over
-cache-sized blocks of rows (:mod:`medot.ot._kernels`). For PRADOT (12,544 x 3,136, float32) that
-is 157 MiB on top of the cost matrix.
+**Memory and speed.** Without a graph to record, the solver allocates one ``[B, N, M]`` buffer,
+:math:`-\mathbf{C}/\varepsilon`, which becomes the returned plan in place, plus one reused
+block-sized workspace (:mod:`medot.ot._kernels`). For PRADOT (12,544 x 3,136, float32) that is
+157 MiB on top of the cost matrix. On the CPU an iteration then exponentiates the kernel once, not
+twice (:func:`~medot.ot._kernels.scaling_pair`: with :math:`E = \exp(\mathbf{K} + \phi \oplus
+\psi)`, the ``f`` update is :math:`\phi \leftarrow \phi - \log E\mathbf{b}` and the next ``g``
+update :math:`\psi \leftarrow \psi - \log E^\top(\mathbf{a} / E\mathbf{b})`, the same iterates
+as the two log-sum-exp reductions); it falls back to the reductions for any iteration whose
+scaling sums leave :math:`[\text{tiny}^{1/8}, \text{tiny}^{-1/8}]` (poor starts at small
+:math:`\varepsilon`). Without a graph, exponentials that would fall within 2**40 of float's
+subnormal range (float32: below ~1e-26 of a row's largest term) are set to exactly 0 (subnormal
+arithmetic is many times slower on x86; these terms are below the sums' rounding). One exponentiation per entry and iteration is
+the floor of a log-domain solver; ``benchmarks/ot_threads_bench.py`` times the solve against it.
+With a graph to record, or off the CPU, the two reductions are used.
 
 **Stopping.** After each ``f`` update the rows are exact, :math:`\boldsymbol\Gamma\mathbf{1} =
 \mathbf{a}`; the column error :math:`\|\boldsymbol\Gamma^\top\mathbf{1} - \mathbf{b}\|_1` comes for
@@ -114,6 +124,7 @@ from medot.ot._kernels import (
     exponentiate_plan,
     logsumexp_shifted,
     scaled_log_kernel,
+    scaling_pair,
     with_envelope_gradient,
 )
 from medot.ot._stopping import BatchStopping
@@ -184,23 +195,109 @@ def sinkhorn_iterations(
     if active is None:
         active = torch.ones(log_kernel.shape[0], dtype=torch.bool, device=log_kernel.device)
     stopping = BatchStopping(active, may_stop=tol > 0)
-    b = log_b.exp()
     phi, psi = f / epsilon, g / epsilon
-    completed = 0
-    for completed in range(max_iter):
-        psi_new = -logsumexp_shifted(log_kernel, log_a + phi, dim=-2)
-        if tol > 0 and completed > 0:
-            column_error = (torch.exp(log_b + psi - psi_new) - b).abs().sum(-1)
-            if stopping.stop(column_error < tol, completed, failed=~torch.isfinite(column_error)):
-                break
-        psi = stopping.keep(psi_new, psi)
-        phi = stopping.keep(-logsumexp_shifted(log_kernel, log_b + psi, dim=-1), phi)
+    if _fusable(log_kernel, log_a, log_b, phi, psi):
+        loop = _column_major_loop if log_kernel.transpose(-1, -2).is_contiguous() else _row_major_loop
+        phi, psi, completed = loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stopping)
     else:
-        completed = max_iter
+        phi, psi, completed = _log_sum_exp_loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stopping)
     iterations, converged = stopping.finish(completed)
     return SinkhornState(
         f=phi * epsilon, g=psi * epsilon, iterations=iterations, converged=converged, failed=stopping.failed
     )
+
+
+def _row_update(log_kernel: Tensor, log_b: Tensor, psi: Tensor) -> Tensor:
+    """phi = -LSE_j(K + log b + psi) (the ``f`` update, in units of epsilon)."""
+    return -logsumexp_shifted(log_kernel, log_b + psi, dim=-1)
+
+
+def _column_update(log_kernel: Tensor, log_a: Tensor, phi: Tensor) -> Tensor:
+    """psi = -LSE_i(K + log a + phi) (the ``g`` update, in units of epsilon)."""
+    return -logsumexp_shifted(log_kernel, log_a + phi, dim=-2)
+
+
+def _check_columns(stopping: BatchStopping, b: Tensor, ratio, completed: int, tol: float) -> bool:
+    """Column error ``||b * ratio - b||_1`` (``ratio``: the plan's column sums over ``b``, or a
+    callable giving them, evaluated only when the test runs); True to stop."""
+    if tol <= 0 or completed == 0:
+        return False
+    column_error = (b * (ratio() if callable(ratio) else ratio) - b).abs().sum(-1)
+    return stopping.stop(column_error < tol, completed, failed=~torch.isfinite(column_error))
+
+
+def _log_sum_exp_loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stopping):
+    """Two log-sum-exp reductions per iteration (recorded by autograd when it is on; off the CPU)."""
+    b = log_b.exp()
+    completed = 0
+    for completed in range(max_iter):
+        psi_new = _column_update(log_kernel, log_a, phi)
+        if _check_columns(stopping, b, lambda: torch.exp(psi - psi_new), completed, tol):
+            break
+        psi = stopping.keep(psi_new, psi)
+        phi = stopping.keep(_row_update(log_kernel, log_b, psi), phi)
+    else:
+        completed = max_iter
+    return phi, psi, completed
+
+
+def _row_major_loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stopping):
+    """One exponentiation per iteration (:func:`~medot.ot._kernels.scaling_pair`, ``f`` then the
+    next ``g``), on a row-major kernel; the same iterates, iteration counts and stopping as
+    :func:`_log_sum_exp_loop`. The first ``g`` update, and any pair whose scaling sums leave the
+    safe range, take the log-sum-exp reductions."""
+    a, b = log_a.exp(), log_b.exp()
+    psi_new = _column_update(log_kernel, log_a, phi)
+    ratio = torch.exp(psi - psi_new)
+    completed = 0
+    for completed in range(max_iter):
+        if _check_columns(stopping, b, ratio, completed, tol):
+            break
+        psi = stopping.keep(psi_new, psi)
+        pair = scaling_pair(log_kernel, phi, psi, a, b)
+        if pair is None:
+            phi_new = _row_update(log_kernel, log_b, psi)
+            psi_new = _column_update(log_kernel, log_a, phi_new)
+            ratio = torch.exp(psi - psi_new)
+        else:
+            phi_new, psi_new, _, ratio = pair
+        phi = stopping.keep(phi_new, phi)
+    else:
+        completed = max_iter
+    return phi, psi, completed
+
+
+def _column_major_loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stopping):
+    """As :func:`_row_major_loop` for a column-major kernel: each pair is ``g`` then ``f``, blocked
+    over the contiguous transpose."""
+    a, b = log_a.exp(), log_b.exp()
+    transposed = log_kernel.transpose(-1, -2)
+    completed = 0
+    for completed in range(max_iter):
+        pair = scaling_pair(transposed, psi, phi, b, a)
+        if pair is None:
+            psi_new, phi_new = _column_update(log_kernel, log_a, phi), None
+            ratio = torch.exp(psi - psi_new)
+        else:
+            psi_new, phi_new, ratio, _ = pair
+        if _check_columns(stopping, b, ratio, completed, tol):
+            break
+        psi = stopping.keep(psi_new, psi)
+        if phi_new is None:
+            phi_new = _row_update(log_kernel, log_b, psi)
+        phi = stopping.keep(phi_new, phi)
+    else:
+        completed = max_iter
+    return phi, psi, completed
+
+
+def _fusable(log_kernel: Tensor, *vectors: Tensor) -> bool:
+    """The one-exponentiation loops: CPU (their range test is a sync), nothing to record, dense storage."""
+    if log_kernel.device.type != "cpu":
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (log_kernel, *vectors)):
+        return False
+    return log_kernel.is_contiguous() or log_kernel.transpose(-1, -2).is_contiguous()
 
 
 def sinkhorn(

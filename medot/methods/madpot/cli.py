@@ -20,7 +20,8 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
         help="few-shot / zero-shot anomaly detection and localisation (MADPOT, or its MVFA baseline)",
         description="Train MADPOT (adapters + multi-prompt partial OT + contrastive learning; Shiri et al., "
         "ICIAP 2025) or the MVFA baseline on k normal + k abnormal images of an MVFA-layout object's valid "
-        "split (the fewshot_seed/<Obj>/<k>-shot.txt list when present, else seeded sampling), evaluate the "
+        "split (the fewshot_seed/<Obj>/<k>-shot.txt list when present, else seeded sampling; on an MVTec AD folder "
+        "k normal images of train/good and k abnormal ones from --abnormal-shots DIR), evaluate the "
         "last epoch on its test split (image AUROC, pixel AUROC where masks exist) and save the model. "
         "--zero-shot trains on the other objects and tests on --object (leave-one-dataset-out); "
         "--train-on A B --object C trains on A, B and tests on C (cross-dataset).",
@@ -72,8 +73,13 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", "--dataset", dest="data", required=True,
-                        help="MVFA-layout folder (<Obj>_AD/{valid,test}, fewshot_seed/), or 'synthetic' (the demo "
-                        "organs under $MEDOT_HOME/synthetic)")
+                        help="MVFA-layout folder (<Obj>_AD/{valid,test}, fewshot_seed/), an MVTec AD folder "
+                        "(<category>/train/good, test/<defect>, ground_truth; see --abnormal-shots), or 'synthetic' (the "
+                        "demo organs under $MEDOT_HOME/synthetic)")
+    parser.add_argument("--abnormal-shots", default=None, metavar="DIR",
+                        help="MVTec AD folders only (normal-only training): a folder of abnormal images (not in the test "
+                        "split; DIR/<category>/ when it exists) to draw the k abnormal shots from, masks optional as "
+                        "DIR/masks/<name>_mask.png. Without it MVTec AD runs only zeroshot and patchcore")
     parser.add_argument("--backbone", default="auto", help="backbone name (default: auto)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -137,7 +143,15 @@ def _run_train(args: argparse.Namespace) -> int:
     from medot.jobs.protocol import EXIT_CANCELLED, event_sink_from_env, stop_requested_from_signals
     from medot.methods.madpot.config import MadpotError
     from medot.methods.madpot.detector import save_madpot
-    from medot.methods.madpot.runner import evaluate, mvfa_objects, resolve_object, test_splits, train_few_shot
+    from medot.methods.madpot.data import NORMAL_ONLY
+    from medot.methods.madpot.runner import (
+        evaluate,
+        mvfa_objects,
+        normal_only,
+        resolve_object,
+        test_splits,
+        train_few_shot,
+    )
     from medot.train import FeatureCache
 
     args.data = _data_root(args.data)
@@ -157,6 +171,14 @@ def _run_train(args: argparse.Namespace) -> int:
         sources = [target]
     if args.method == "mvfa" and len(sources) != 1:
         raise MadpotError("the MVFA baseline trains on one object: use --method madpot for --zero-shot / --train-on")
+    if normal_only(args.data):
+        if args.abnormal_shots is None:
+            raise MadpotError(NORMAL_ONLY.format(root=args.data, what=args.method.upper()))
+        if args.validation:
+            raise MadpotError("--validation needs a labelled validation split, which an MVTec AD folder does not have")
+    elif args.abnormal_shots is not None:
+        raise MadpotError("--abnormal-shots is for MVTec AD folders (normal-only training); an MVFA folder has its "
+                          "abnormal shots in <Obj>_AD/valid/Ungood")
     device = _device(args)
     backbone = create_backbone(args.backbone, device=device)
     progress = not args.quiet
@@ -169,6 +191,7 @@ def _run_train(args: argparse.Namespace) -> int:
         args.method, backbone, [(args.data, obj) for obj in sources], config, shots=args.shots, object_names=names,
         cache=cache, device=device, progress=progress, out_dir=out, on_event=event_sink_from_env(),
         should_stop=stop_requested_from_signals(), resume=args.resume, validation=args.validation,
+        abnormal_shots=args.abnormal_shots,
     )
     if fitted.result.status == "cancelled":
         print(f"training cancelled; its state is in {out} (re-run with --resume to continue)")
@@ -218,15 +241,20 @@ def _calibrate(model: Any, backbone: Any, root: str, target: str, training: dict
     from medot.methods.pradot.evaluation import calibrate
     from medot.methods.pradot.training import encode_tokens
 
+    from medot.data.datasets import MVTEC, detect_layout, load_mvtec
+
     used = {path for support in training["support"].values() for path in support["images"]}
-    normals = [r.path for r in load_mvfa(root, target, "valid") if r.label == 0 and str(r.path) not in used]
+    mvtec = detect_layout(root).kind == MVTEC
+    pool = load_mvtec(root, target, "train") if mvtec else load_mvfa(root, target, "valid")
+    normals = [r.path for r in pool if r.label == 0 and str(r.path) not in used]
     if not normals:
         print("warning: no valid/ normal image is left outside the support set: the model is saved without a "
               "calibrated scale")
         return None
     tokens, _ = encode_tokens(backbone, normals, tuple(model.layers), cache=cache, progress=progress)
     size = (backbone.preprocess.image_size,) * 2
-    source = f"{len(normals)} valid/ normal images of {target} outside the support set"
+    split = "train/good" if mvtec else "valid/"
+    source = f"{len(normals)} {split} normal images of {target} outside the support set"
     training["held_out_normals"] = len(normals)
     return calibrate(lambda t: model(t, size), tokens, torch.device(device), source)
 
@@ -251,7 +279,8 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     device = _device(args)
     backbone = create_backbone(args.backbone, device=device)
     rows = benchmark(backbone, args.data, objects, methods, args.shots, args.seeds, config, device=device,
-                     progress=not args.quiet, zero_shot=args.zero_shot, sources=mvfa_objects(args.data))
+                     progress=not args.quiet, zero_shot=args.zero_shot, sources=mvfa_objects(args.data),
+                     abnormal_shots=args.abnormal_shots)
     table = summarise(rows)
     protocol = "zero-shot (leave one object out)" if args.zero_shot else "few-shot"
     print(f"backbone {backbone.name}; {protocol}; last epoch of each run (no selection on test data)")

@@ -7,6 +7,11 @@ in the output). The test split is never read here: :func:`load_support` indexes 
 and :func:`encode_support` encodes only the records it is given, so test images are unreachable
 from training by construction (``tests/test_madpot.py`` spies on the encoder to check it).
 
+**MVTec AD** (normal-only training): the ``k`` normal shots are drawn with the seed from
+``<obj>/train/good``; abnormal shots come only from a folder the user gives (``--abnormal-shots``),
+refused when it lies inside ``<obj>/test``. Without it the support set is normal-only, which is
+what PatchCore and zero-shot scoring need; MADPOT and the MVFA baseline then stop with a message.
+
 **Augmentations** (MadCLIP expands each support image by 16 fixed augmentations: rotations,
 translations, zooms, flips, jitter; the exact parameters are not public, these are medot's):
 identity; horizontal and vertical flip; rotations by 90, 180, 270 degrees; translations by 1/8 of
@@ -27,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from medot.backbones.base import VisionLanguageBackbone
-from medot.data.datasets import ImageRecord, load_mvfa, load_mvfa_fewshot
+from medot.data.datasets import MVTEC, ImageRecord, _images, detect_layout, load_mvfa, load_mvfa_fewshot, load_mvtec
 from medot.data.io import read_image
 from medot.methods.madpot.config import MadpotError
 from medot.methods.pradot.data import read_mask
@@ -72,11 +77,79 @@ class SupportSet:
         return any(record.mask_path is not None for record in self.abnormal)
 
 
-def load_support(root: str | Path, obj: str, shots: int, seed: int) -> SupportSet:
-    """``shots`` normal and abnormal images of ``<root>/<obj>_AD/valid`` (module docstring)."""
+NORMAL_ONLY = (
+    "{root} is an MVTec AD dataset: its training split holds normal images only, and {what} needs k abnormal "
+    "support images as well. Give them with --abnormal-shots DIR (a folder of abnormal images outside the test "
+    "split; masks optional as DIR/masks/<name>_mask.png or DIR/masks/<name>.png), or run the methods that need "
+    "no abnormal shot: medot benchmark madpot --data {root} --methods zeroshot,patchcore"
+)
+
+
+def _pick(group: Sequence[ImageRecord], shots: int, rng: np.random.Generator) -> tuple[ImageRecord, ...]:
+    return tuple(group[i] for i in sorted(rng.choice(len(group), shots, replace=False)))
+
+
+def abnormal_shot_records(folder: str | Path, obj: str, test_dir: Path | None = None) -> list[ImageRecord]:
+    """The images of a user-given abnormal-shot folder (label 1), with their masks when present.
+
+    ``folder/<obj>/`` is used when it exists (one sub-folder per object), else ``folder`` itself.
+    A mask is ``masks/<stem>_mask.png`` (MVTec naming) or ``masks/<stem>.png`` next to the images.
+    Images inside ``test_dir`` (the object's test split) are refused: training on them would put
+    test images into training."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MadpotError(f"--abnormal-shots {folder} is not a folder of abnormal images")
+    if (folder / obj).is_dir():
+        folder = folder / obj
+    images = _images(folder)
+    if not images:
+        raise MadpotError(f"--abnormal-shots {folder} holds no image (png, jpg, ...)")
+    if test_dir is not None:
+        inside = [path for path in images if path.resolve().is_relative_to(test_dir.resolve())]
+        if inside:
+            raise MadpotError(
+                f"--abnormal-shots {folder} is inside the test split {test_dir}: training on test images would leak "
+                "them into the model; copy abnormal images that are not in the test split to another folder"
+            )
+    records = []
+    for path in images:
+        masks = [folder / "masks" / f"{path.stem}_mask.png", folder / "masks" / f"{path.stem}.png"]
+        found = next((mask for mask in masks if mask.is_file()), None)
+        records.append(ImageRecord(path, 1, "abnormal", found))
+    return records
+
+
+def load_support(
+    root: str | Path, obj: str, shots: int, seed: int, abnormal_shots: str | Path | None = None
+) -> SupportSet:
+    """``shots`` normal and abnormal images of ``<root>/<obj>_AD/valid`` (module docstring).
+
+    On an MVTec AD folder the normal shots are drawn with ``seed`` from ``<obj>/train/good`` and the
+    abnormal ones from the user's ``abnormal_shots`` folder (none without it: a normal-only support
+    set, enough for PatchCore and zero-shot scoring only)."""
     if shots < 1:
         raise MadpotError(f"--shots must be at least 1, got {shots}")
     root = Path(root)
+    if detect_layout(root).kind == MVTEC:
+        normal = [r for r in load_mvtec(root, obj, "train") if r.label == 0]
+        if len(normal) < shots:
+            raise MadpotError(f"{obj}: train/good holds {len(normal)} images, fewer than --shots {shots}")
+        rng = np.random.default_rng(seed)
+        chosen_normal = _pick(normal, shots, rng)
+        if abnormal_shots is None:
+            source = f"{shots} normal images drawn from {obj}/train/good with seed {seed} (normal-only: no abnormal shot)"
+            return SupportSet(obj, chosen_normal, (), source)
+        abnormal = abnormal_shot_records(abnormal_shots, obj, root / obj / "test")
+        if len(abnormal) < shots:
+            raise MadpotError(f"--abnormal-shots {abnormal_shots} holds {len(abnormal)} images, fewer than --shots {shots}")
+        source = (f"{shots} normal images drawn from {obj}/train/good and {shots} abnormal ones from "
+                  f"{abnormal_shots} with seed {seed}")
+        return SupportSet(obj, chosen_normal, _pick(abnormal, shots, rng), source)
+    if abnormal_shots is not None:
+        raise MadpotError(
+            "--abnormal-shots is for MVTec AD folders (normal-only training); an MVFA folder has its abnormal shots "
+            "in <Obj>_AD/valid/Ungood"
+        )
     list_file = root / "fewshot_seed" / obj / f"{shots}-shot.txt"
     if list_file.is_file():
         chosen = load_mvfa_fewshot(root, obj, shots)
@@ -91,14 +164,18 @@ def load_support(root: str | Path, obj: str, shots: int, seed: int) -> SupportSe
             f"--shots {shots} of each"
         )
     rng = np.random.default_rng(seed)
-    pick = lambda group: tuple(group[i] for i in sorted(rng.choice(len(group), shots, replace=False)))  # noqa: E731
     source = f"no {list_file.name} in fewshot_seed/{obj}: {shots} + {shots} images drawn from valid/ with seed {seed}"
-    return SupportSet(obj, pick(normal), pick(abnormal), source)
+    return SupportSet(obj, _pick(normal, shots, rng), _pick(abnormal, shots, rng), source)
 
 
 def load_validation(root: str | Path, support: SupportSet, per_class: int, seed: int) -> tuple[ImageRecord, ...]:
     """``per_class`` normal and abnormal ``valid`` images **not** in ``support``, drawn with ``seed``:
     the only data an epoch may be selected on (never the test split)."""
+    if detect_layout(root).kind == MVTEC:
+        raise MadpotError(
+            "--validation needs normal and abnormal images outside the support set: an MVTec AD folder has no "
+            "labelled validation split (keep the last epoch: --validation 0)"
+        )
     taken = {record.path for record in support.records}
     valid = [r for r in load_mvfa(root, support.name, "valid") if r.path not in taken]
     rng = np.random.default_rng((seed, 1))

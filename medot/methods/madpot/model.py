@@ -67,11 +67,14 @@ class LayerAdapter(nn.Module):
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """``[B, M, C]`` tokens -> ``(v_det, v_seg)``, each ``[B, M, D]`` with unit rows."""
+        det, seg = self.heads(tokens)
+        return F.normalize(det, dim=-1), F.normalize(seg, dim=-1)
+
+    def heads(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The two heads before the L2 normalisation (``[B, M, D]`` each)."""
         hidden = F.leaky_relu(self.adapter(tokens))
         hidden = self.norm(hidden.transpose(1, 2)).transpose(1, 2)
-        det = F.normalize(F.leaky_relu(self.det(hidden)), dim=-1)
-        seg = F.normalize(F.leaky_relu(self.seg(hidden)), dim=-1)
-        return det, seg
+        return F.leaky_relu(self.det(hidden)), F.leaky_relu(self.seg(hidden))
 
 
 def layer_key(layer: str) -> str:
@@ -184,17 +187,28 @@ def transport_logits(
 ) -> TransportOutput:
     """POT logits of ``features [B, M, D]`` (unit rows) against ``prompts [B, 2, K, D]`` (unit rows)."""
     similarity = torch.einsum("bmd,bckd->bcmk", features, prompts)
-    plan = transport_plans(
+    return pot_from_similarity(similarity, _plans(similarity, config), logit_scale)
+
+
+def _plans(similarity: Tensor, config: MadpotConfig) -> Tensor:
+    return transport_plans(
         similarity,
         mass=config.mass,
         epsilon=config.epsilon,
         max_iter=config.ot_iterations,
         balanced_prompts=config.balanced_prompts,
     ).to(similarity.dtype)
+
+
+def pot_from_similarity(similarity: Tensor, plan: Tensor, logit_scale: float) -> TransportOutput:
+    r"""POT outputs from cosines ``[B, 2, M, K]`` and their plans (same shape, no gradient):
+    :math:`z_c = \tau^{-1}\sum_{ik}\Gamma^c_{ik}\cos_{ik} / \sum_{ik}\Gamma^c_{ik}` and the per-patch
+    :math:`\tau^{-1}\sum_k\Gamma^c_{ik}\cos_{ik} / \sum_k\Gamma^c_{ik}`."""
+    weighted = plan * similarity
     moved = plan.sum((-2, -1)).clamp_min(1e-12)
-    logits = logit_scale * (plan * similarity).sum((-2, -1)) / moved
-    per_patch = (plan * similarity).sum(-1) / plan.sum(-1).clamp_min(1e-12)
-    return TransportOutput(logits, plan, logit_scale * per_patch.transpose(1, 2))
+    logits = logit_scale * weighted.sum((-2, -1)) / moved
+    per_patch = weighted.sum(-1) / plan.sum(-1).clamp_min(1e-12)
+    return TransportOutput(logits, plan, logit_scale * per_patch.transpose(-2, -1))
 
 
 def contrast(features: Tensor, fused: Tensor) -> Tensor:
@@ -206,10 +220,8 @@ def contrast(features: Tensor, fused: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------- model
 @dataclass
 class LayerOutput:
-    """Everything one layer contributes: features, POT and CL outputs (None when a branch is off)."""
+    """Everything one layer contributes: POT and CL outputs (None when a branch is off)."""
 
-    det: Tensor
-    seg: Tensor
     pot_det: TransportOutput | None
     pot_seg: TransportOutput | None
     cl_logits: Tensor | None
@@ -266,6 +278,7 @@ class MadpotModel(nn.Module):
         )
         self.prompts = MultiPrompts(backbone, object_names, config.n_prompts, config.n_ctx)
         self.object_index = 0
+        self._prompt_cache: dict[int, tuple[tuple, Tensor]] = {}
 
     @property
     def object_names(self) -> list[str]:
@@ -290,23 +303,54 @@ class MadpotModel(nn.Module):
     def object_prompts(self, object_index: Tensor) -> Tensor:
         """``[B, 2, K, D]`` prompts of each image's object (text tower run once per distinct object)."""
         unique = object_index.unique().tolist()
-        encoded = {index: self.prompts(int(index)) for index in unique}
+        encoded = {index: self._object_prompts(int(index)) for index in unique}
         return torch.stack([encoded[int(index)] for index in object_index.tolist()])
 
+    def _object_prompts(self, index: int) -> Tensor:
+        """``[2, K, D]`` prompts of one object; without autograd (scoring) they are kept until the
+        context changes (an optimiser step or a loaded checkpoint bumps its version) or moves."""
+        if torch.is_grad_enabled():
+            return self.prompts(index)
+        context = self.prompts.context
+        key = (index, context._version, context.data_ptr(), context.device)
+        cached = self._prompt_cache.get(index)
+        if cached is None or cached[0] != key:
+            cached = (key, self.prompts(index))
+            self._prompt_cache[index] = cached
+        return cached[1]
+
     def layer_outputs(self, tokens: Mapping[str, Tensor], prompts: Tensor) -> dict[str, LayerOutput]:
-        """Per layer: adapted features and the enabled branches' logits."""
+        """Per layer: adapted features and the enabled branches' logits.
+
+        Same values as :func:`transport_logits` and :func:`contrast` per head, computed with fewer
+        passes over the ``[B, M, D]`` features: the heads are not normalised in place (their
+        products are divided by their norms), one product per head with the ``2K`` prompts and the
+        two fused prompts together (a single matrix when every image is of one object), and one
+        partial-OT solve per layer for the detection and segmentation heads together."""
+        batch, _, k, _ = prompts.shape
         fused = fuse_prompts(prompts)
+        text = torch.cat([prompts.flatten(1, 2), fused], dim=1)  # [B, 2K + 2, D]
+        shared = bool((text[1:] == text[:1]).all()) if batch > 1 else True
+
+        def cosines(head: Tensor) -> Tensor:  # [B, M, 2K + 2]: cos(v_i, .) = <h_i, .> / max(|h_i|, 1e-12)
+            products = head @ text[0].t() if shared else torch.einsum("bmd,bcd->bmc", head, text)
+            return products / head.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
         outputs = {}
         for layer in self.layers:
-            det, seg = self.adapters[layer_key(layer)](tokens[layer].float())
+            det, seg = self.adapters[layer_key(layer)].heads(tokens[layer].float())
+            det_cos, seg_cos = cosines(det), cosines(seg)
             pot_det = pot_seg = cl_logits = cl_patch = None
             if self.config.pot:
-                pot_det = transport_logits(det, prompts, self.logit_scale, self.config)
-                pot_seg = transport_logits(seg, prompts, self.logit_scale, self.config)
+                pot = torch.stack([c[..., : 2 * k] for c in (det_cos, seg_cos)])  # [2, B, M, 2K]
+                pot = pot.unflatten(-1, (2, k)).transpose(2, 3)  # [2, B, 2, M, K]
+                plans = _plans(pot, self.config)
+                pot_det = pot_from_similarity(pot[0], plans[0], self.logit_scale)
+                pot_seg = pot_from_similarity(pot[1], plans[1], self.logit_scale)
             if self.config.cl:
-                cl_logits = self.logit_scale * contrast(det, fused).mean(-1)
-                cl_patch = self.logit_scale * contrast(seg, fused)
-            outputs[layer] = LayerOutput(det, seg, pot_det, pot_seg, cl_logits, cl_patch)
+                cl_logits = self.logit_scale * (det_cos[..., 2 * k + ABNORMAL] - det_cos[..., 2 * k + NORMAL]).mean(-1)
+                cl_patch = self.logit_scale * (seg_cos[..., 2 * k + ABNORMAL] - seg_cos[..., 2 * k + NORMAL])
+            outputs[layer] = LayerOutput(pot_det, pot_seg, cl_logits, cl_patch)
         return outputs
 
     def score(
@@ -357,6 +401,7 @@ __all__ = [
     "TransportOutput",
     "contrast",
     "fuse_prompts",
+    "pot_from_similarity",
     "prompt_phrases",
     "transport_logits",
     "transport_plans",

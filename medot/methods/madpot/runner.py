@@ -19,10 +19,17 @@ import numpy as np
 import torch
 
 from medot.backbones.base import VisionLanguageBackbone
-from medot.data.datasets import MVFA, detect_layout, load_mvfa
+from medot.data.datasets import MVFA, MVTEC, detect_layout, load_mvfa, load_mvtec
 from medot.methods.madpot.baselines import ZeroShotModel, require_joint_space_layers, NO_WRITE_BACK
 from medot.methods.madpot.config import MADPOT, MVFA_BASELINE, PATCHCORE, ZEROSHOT, MadpotConfig, MadpotError, object_prompt_name
-from medot.methods.madpot.data import EncodedSupport, SupportSet, encode_support, load_support, load_validation
+from medot.methods.madpot.data import (
+    NORMAL_ONLY,
+    EncodedSupport,
+    SupportSet,
+    encode_support,
+    load_support,
+    load_validation,
+)
 from medot.methods.madpot.detector import layer_geometry
 from medot.methods.madpot.task import FitResult, fit
 from medot.methods.pradot.data import AnomalySplits
@@ -33,14 +40,21 @@ METRICS = ("image_auroc", "pixel_auroc")
 
 
 def mvfa_objects(root: str | Path) -> tuple[str, ...]:
-    """The objects of an MVFA-layout folder (raises with the expected layout otherwise)."""
+    """The objects of an MVFA-layout folder, or the categories of an MVTec AD folder (raises with
+    the expected layouts otherwise)."""
     detected = detect_layout(root)
-    if detected.kind != MVFA:
+    if detected.kind not in (MVFA, MVTEC):
         raise MadpotError(
             f"{root} is a {detected.kind.replace('_', ' ')} dataset; MADPOT's few-shot protocol needs k normal and "
-            "k abnormal support images: the MVFA layout <Obj>_AD/{valid,test}/{good,Ungood}/img"
+            "k abnormal support images: the MVFA layout <Obj>_AD/{valid,test}/{good,Ungood}/img, or MVTec AD "
+            "<category>/train/good, test/<defect>, ground_truth (normal-only: zeroshot / patchcore, or --abnormal-shots DIR)"
         )
     return detected.names
+
+
+def normal_only(root: str | Path) -> bool:
+    """True for an MVTec AD folder: its training split has no abnormal image."""
+    return detect_layout(root).kind == MVTEC
 
 
 def resolve_object(root: str | Path, name: str | None) -> str:
@@ -64,9 +78,10 @@ def default_layers(backbone: VisionLanguageBackbone, config: MadpotConfig) -> tu
 
 def test_splits(root: str | Path, obj: str, support: SupportSet | None = None) -> AnomalySplits:
     """The object's test records (read only after training, for evaluation)."""
-    test = tuple(load_mvfa(root, obj, "test"))
+    layout = MVTEC if normal_only(root) else MVFA
+    test = tuple(load_mvtec(root, obj, "test") if layout == MVTEC else load_mvfa(root, obj, "test"))
     train = tuple(r.path for r in support.normal) if support is not None else ()
-    return AnomalySplits(MVFA, obj, train, test)
+    return AnomalySplits(layout, obj, train, test)
 
 
 @dataclass
@@ -109,16 +124,20 @@ def train_few_shot(
     resume: bool = False,
     log: Callable[[str], None] = print,
     validation: int = 0,
+    abnormal_shots: str | Path | None = None,
 ) -> tuple[FitResult, list[SupportSet], float]:
     """Train ``method`` on the ``valid`` support sets of ``train_on`` = [(root, object), ...].
 
     ``validation`` > 0: that many normal and abnormal ``valid`` images of the first object, outside
-    its support set, select the kept epoch (image AUROC); 0 keeps the last epoch."""
+    its support set, select the kept epoch (image AUROC); 0 keeps the last epoch. MVTec AD folders
+    take their abnormal shots from ``abnormal_shots`` (:func:`~medot.methods.madpot.data.load_support`)."""
     cache = cache or FeatureCache()
     layers = default_layers(backbone, config)
     supports, encoded, names = [], [], []
     for root, obj in train_on:
-        support = load_support(root, obj, shots, config.seed)
+        support = load_support(root, obj, shots, config.seed, abnormal_shots)
+        if not support.abnormal:
+            raise MadpotError(NORMAL_ONLY.format(root=root, what=method.upper()))
         log(f"{obj}: {len(support.normal)} normal + {len(support.abnormal)} abnormal support images ({support.source})")
         supports.append(support)
         encoded.append(encode(backbone, support, layers, config, cache, progress))
@@ -173,6 +192,7 @@ def benchmark(
     log: Callable[[str], None] = print,
     zero_shot: bool = False,
     sources: Sequence[str] | None = None,
+    abnormal_shots: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (object, method, k, seed) with image / pixel AUROC on the object's test split.
 
@@ -183,6 +203,9 @@ def benchmark(
     unknown = [m for m in methods if m not in (MADPOT, MVFA_BASELINE, ZEROSHOT, PATCHCORE)]
     if unknown:
         raise MadpotError(f"unknown method(s) {unknown}; choose from madpot, mvfa, zeroshot, patchcore")
+    trained = [m for m in methods if m in (MADPOT, MVFA_BASELINE) and not (zero_shot and m == MVFA_BASELINE)]
+    if trained and abnormal_shots is None and normal_only(root):
+        raise MadpotError(NORMAL_ONLY.format(root=root, what=" and ".join(m.upper() for m in trained)))
     rows = []
     for obj in objects:
         for k in shots:
@@ -194,18 +217,21 @@ def benchmark(
                     if zero_shot and method in (MVFA_BASELINE, PATCHCORE):
                         continue  # they need shots of the held-out object
                     started = time.perf_counter()
-                    support = load_support(root, obj, k, seed)
+                    shots_dir = abnormal_shots if method in (MADPOT, MVFA_BASELINE) else None
+                    support = load_support(root, obj, k, seed, shots_dir)
                     if zero_shot and method == MADPOT:
                         others = [o for o in (sources or objects) if o != obj]
                         if not others:
                             raise MadpotError(f"zero-shot on {obj} needs other objects to train on")
                         fitted, _, _ = train_few_shot(method, backbone, [(root, o) for o in others], run_config,
-                                                      shots=k, cache=cache, device=device, progress=progress, log=log)
+                                                      shots=k, cache=cache, device=device, progress=progress, log=log,
+                                                      abnormal_shots=abnormal_shots)
                         model = fitted.model
                         model.set_object(object_prompt_name(obj))
                     elif method in (MADPOT, MVFA_BASELINE):
                         fitted, _, _ = train_few_shot(method, backbone, [(root, obj)], run_config, shots=k,
-                                                      cache=cache, device=device, progress=progress, log=log)
+                                                      cache=cache, device=device, progress=progress, log=log,
+                                                      abnormal_shots=abnormal_shots)
                         model = fitted.model
                     elif method == PATCHCORE:
                         model = patchcore_model(backbone, support, default_layers(backbone, run_config), seed,
@@ -214,8 +240,8 @@ def benchmark(
                         model = zeroshot_model(backbone, obj, support.has_masks)
                     fit_seconds = time.perf_counter() - started
                     splits = test_splits(root, obj, support)  # read only now, after training
-                    if zero_shot and method == MADPOT:
-                        model.localised = splits.has_masks
+                    if (zero_shot and method == MADPOT) or method == ZEROSHOT:
+                        model.localised = splits.has_masks  # no training: the map's maximum where masks exist
                     metrics = evaluate(model, backbone, splits, cache=cache, device=device, progress=progress)
                     row = {"object": obj, "method": method, "shots": 0 if method == ZEROSHOT else k,
                            "protocol": "zero-shot" if zero_shot else "few-shot",
