@@ -476,6 +476,8 @@ def test_the_output_of_medot_synth_is_a_task_by_its_folder(tmp_path):
         assert task.name == "synthetic" and tuple(task.classes) == ("nodule", "normal", "opacity")
         assert Path(task.high.root).resolve() == (root / "kmat" / "ct").resolve()
         assert Path(task.low.root).resolve() == (root / "kmat" / "xray").resolve()
+    with pytest.raises(DatasetLayoutError, match=f"fewer than --shots 2.*'medot synth --out {root} --n-per-class 6'"):
+        task.high_end_data(shots=2, seed=1)  # 3 cases per class hold 1 training case; the hint asks for enough
     manifest = json.loads((root / "manifest.json").read_text())
     (root / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     with pytest.raises(TaskError, match="not a task folder"):  # an interrupted output is not rewritten

@@ -196,7 +196,9 @@ class CrossModalTask:
         if short and not isinstance(shots, bool) and isinstance(shots, int) and shots >= 1:
             cls, count = short[0]
             others = "".join(f", {c!r} has {n}" for c, n in short[1:])
-            hint = f" or delete {self.high.root.parents[1]} to regenerate it" if self.name == SYNTHETIC else ""
+            # about half of a synthetic set's cases per class are training cases (medot.data.synthetic)
+            hint = (f" or write a larger set: 'medot synth --out {self.high.root.parents[1]} --n-per-class "
+                    f"{2 * shots + 2}'" if self.name == SYNTHETIC else "")
             raise DatasetLayoutError(
                 f"task {self.name!r}: class {cls!r} has {count} image(s) in the {self.modalities[0]} train split "
                 f"({self.high.source('train')}){others}, fewer than --shots {shots}; use --shots "
