@@ -248,8 +248,12 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
                                   label="Outline threshold (× the normals' 99th pixel percentile; 1 = calibrated)")
             run = gr.Button("Detect anomalies", variant="primary")
         with gr.Column():
-            overlay = gr.Image(label="Image | anomaly map with the predicted region outlined | colour scale "
-                               "(click the map: its matched prototype)", type="numpy", format="png", interactive=False)
+            # a figure's label is drawn over its top edge in one line: kept short (the long one was cut
+            # and hid the colour bar's top value); the reading guide is the line below
+            overlay = gr.Image(label="Image | anomaly map | colour scale", type="numpy", format="png",
+                               interactive=False)
+            gr.Markdown("The predicted region is outlined on the map (threshold slider); click the map to see "
+                        "the PRADOT prototype its patch was matched to.")
             verdict = gr.Markdown()
             score = gr.Number(label="Raw image anomaly score (maximum of the map)", interactive=False, precision=4)
             summary = gr.Markdown()

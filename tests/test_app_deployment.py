@@ -714,3 +714,16 @@ def test_a_12_bit_jpeg_dicom_names_the_missing_decoder_package():
     message = str(raised.value)
     assert "12 bits stored" in message and "pylibjpeg" in message
     assert "truncated" not in message and "re-export" not in message
+
+
+def test_figure_labels_fit_on_one_line_over_their_figure(tmp_path):
+    """Gradio draws an Image / Plot / Gallery label over the figure's top edge in one line: the
+    anomaly panel's 108-character label was cut and hid the colour bar's top value."""
+    from app.server import build_app
+    from medot.config import Settings
+
+    demo = build_app(Settings(home=tmp_path, data_root=tmp_path / "data", backbone="lite"), device="cpu")
+    figures = [b for b in demo.blocks.values() if isinstance(b, (gr.Image, gr.Plot, gr.Gallery))]
+    assert len(figures) >= 10
+    too_long = [b.label for b in figures if b.show_label and len(b.label or "") > 70]
+    assert too_long == []
