@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -95,6 +96,16 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
     with user_errors():
         job_id = manager.submit(method, arguments, owner=owner)
     return f"Job {job_id} ({method}) queued."
+
+
+def follow_job(manager: JobManager, message: str, viewer: str | None = None):
+    """The job dropdown after a launch: the job just queued (``"Job N (...) queued."``) selected, so
+    that its progress and then its result card show without the user picking it first."""
+    match = re.match(r"Job (\d+) ", message or "")
+    ids = own_job_ids(manager, viewer)
+    if match is None or int(match.group(1)) not in ids:
+        return gr.update(choices=ids)
+    return gr.update(choices=ids, value=int(match.group(1)))
 
 
 def job_phase(manager: JobManager, job: JobRecord) -> str:
@@ -402,12 +413,15 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
         form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj)
         return submit_job(manager, *form, owner=session_owner(request))
 
+    def follow_launched(message: str, request: gr.Request):
+        return follow_job(manager, message, session_owner(request))
+
     launch.click(
         launch_job,
         inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj],
         outputs=[launched],
         api_name="submit_job",
-    )
+    ).success(follow_launched, inputs=[launched], outputs=[job], api_name=False)
     method.change(lambda m: gr.update(choices=dataset_choices(settings, m), value=SYNTHETIC), inputs=[method],
                   outputs=[dataset], api_name=False)
     def cancelling(j, request: gr.Request):  # said at once: a running job takes up to cancel_grace_s to stop

@@ -727,3 +727,26 @@ def test_figure_labels_fit_on_one_line_over_their_figure(tmp_path):
     assert len(figures) >= 10
     too_long = [b.label for b in figures if b.show_label and len(b.label or "") > 70]
     assert too_long == []
+
+
+def test_a_launched_job_is_selected_so_its_progress_and_result_card_show(tmp_path):
+    """After 'Launch training job' the Job dropdown holds the new job (it said "Select a job." and
+    showed nothing until the user picked it), and only the launcher's own job is selected."""
+    from app.server import build_app
+    from app.train import follow_job, submit_job
+    from medot.config import Settings
+
+    manager = _owned_job_manager(tmp_path, tmp_path)
+    try:
+        message = submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "lite", owner="session:a")
+        job = int(message.split()[1])
+        assert follow_job(manager, message, "session:a")["value"] == job
+        assert "value" not in follow_job(manager, message, "session:b")  # someone else's job is not selected
+        assert "value" not in follow_job(manager, "", "session:a")  # a refused launch selects nothing
+    finally:
+        manager.cancel(job)
+    demo = build_app(Settings(home=tmp_path / "app", data_root=tmp_path / "data", backbone="lite"), device="cpu")
+    dropdown = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Job (yours)")
+    submit = next(i for i, fn in demo.fns.items() if fn.api_name == "submit_job")
+    followers = [fn for fn in demo.fns.values() if getattr(fn, "trigger_after", None) == submit]
+    assert any(dropdown in fn.outputs for fn in followers)
