@@ -47,6 +47,9 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from medot.data.synthetic import write_synthetic_benchmark
 
+    if args.pretraining_pool < 0 or args.pretraining_pool == 1:  # refused before anything is written
+        raise MedotError(f"--pretraining-pool {args.pretraining_pool}: give 0 (none) or at least 2 images")
+
     benchmark = write_synthetic_benchmark(
         args.out, seed=args.seed, n_per_class=args.n_per_class, size=args.size, progress=not args.quiet
     )
@@ -245,6 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medot: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a folder that cannot be created, a file that cannot be read or written
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"medot: error: {rank_prefix()}{where}{error.strerror or error}", file=sys.stderr)
+        return 2
     except (MemoryError, RuntimeError) as error:
         if not out_of_memory(error):
             raise
