@@ -254,7 +254,7 @@ def _row_major_loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stopping)
         if _check_columns(stopping, b, ratio, completed, tol):
             break
         psi = stopping.keep(psi_new, psi)
-        pair = scaling_pair(log_kernel, phi, psi, a, b)
+        pair = scaling_pair(log_kernel, phi, psi, a, b, stopping.active)
         if pair is None:
             phi_new = _row_update(log_kernel, log_b, psi)
             psi_new = _column_update(log_kernel, log_a, phi_new)
@@ -274,7 +274,7 @@ def _column_major_loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stoppi
     transposed = log_kernel.transpose(-1, -2)
     completed = 0
     for completed in range(max_iter):
-        pair = scaling_pair(transposed, psi, phi, b, a)
+        pair = scaling_pair(transposed, psi, phi, b, a, stopping.active)
         if pair is None:
             psi_new, phi_new = _column_update(log_kernel, log_a, phi), None
             ratio = torch.exp(psi - psi_new)
