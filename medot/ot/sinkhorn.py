@@ -119,6 +119,7 @@ from medot.ot._inputs import (
     unbatch_record,
     warn_unconverged,
 )
+from medot.ot import _kernels
 from medot.ot._kernels import (
     batch_inner,
     exponentiate_plan,
@@ -292,8 +293,10 @@ def _column_major_loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stoppi
 
 
 def _fusable(log_kernel: Tensor, *vectors: Tensor) -> bool:
-    """The one-exponentiation loops: CPU (their range test is a sync), nothing to record, dense storage."""
-    if log_kernel.device.type != "cpu":
+    """The one-exponentiation loops: CPU (their range test is a sync), nothing to record, dense
+    storage, and at least :data:`~medot.ot._kernels.SCALING_MIN_ELEMENTS` kernel entries (below
+    that, e.g. K-MaT's 6 x 6 FGW, per-op overhead dominates and the reductions are faster)."""
+    if log_kernel.device.type != "cpu" or log_kernel.numel() < _kernels.SCALING_MIN_ELEMENTS:
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in (log_kernel, *vectors)):
         return False
