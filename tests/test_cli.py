@@ -140,3 +140,16 @@ def test_synth_refuses_a_bad_pretraining_pool_before_writing_anything(tmp_path, 
                  "--pretraining-pool", "-1"]) == 2
     assert "--pretraining-pool -1" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_sub_command_help_says_what_the_command_does_and_what_it_reads(capsys):
+    """`medot synth --help` and `medot backbones --help` printed only their options; `predict-anomaly
+    --help` named PRADOT / PatchCore checkpoints only, though it reads MADPOT / MVFA ones too."""
+    for argv, words in ((["synth", "--help"], ("not clinical data", "--task OUT", "smallest set: --size 32")),
+                        (["backbones", "--help"], ("what 'auto' resolves to",)),
+                        (["predict-anomaly", "--help"], ("MADPOT / MVFA one",))):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert all(word in text for word in words), (argv, text)
