@@ -250,8 +250,9 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
         with gr.Column():
             # a figure's label is drawn over its top edge in one line: kept short (the long one was cut
             # and hid the colour bar's top value); the reading guide is the line below
+            # one corner button only: the share and full-screen buttons sat over the colour bar's top value
             overlay = gr.Image(label="Image | anomaly map | colour scale", type="numpy", format="png",
-                               interactive=False)
+                               interactive=False, buttons=["download"], elem_id="anomaly-panel")
             gr.Markdown("The predicted region is outlined on the map (threshold slider); click the map to see "
                         "the PRADOT prototype its patch was matched to.")
             verdict = gr.Markdown()

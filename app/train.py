@@ -246,7 +246,7 @@ def result_card(job: JobRecord, shown: str | None = None) -> str:
              + (f" on {meta['task']}" if meta.get("task") else "")]
     if rows:
         lines += ["| test metric | value | chance level |", "|---|---|---|"]
-        lines += [f"| {r.metric} | {r.value:.3f} | {'' if r.chance is None else f'{r.chance:.3f}'} |" for r in rows]
+        lines += [f"| {r.metric} | {r.shown(r.value)} | {r.shown(r.chance)} |" for r in rows]
     else:
         lines.append("This model records no test metrics.")
     lines.append(f"\n**Model:** `{shown}` - listed in the other tabs' model lists.")

@@ -798,6 +798,10 @@ def test_figure_labels_fit_on_one_line_over_their_figure(tmp_path):
     assert len(figures) >= 10
     too_long = [b.label for b in figures if b.show_label and len(b.label or "") > 70]
     assert too_long == []
+    # the anomaly panel's colour bar reaches its top-right corner, where the share and full-screen
+    # buttons hid its top value (">=2"): only the download button is left there
+    panel = next(b for b in figures if b.elem_id == "anomaly-panel")
+    assert list(panel.buttons) == ["download"]
 
 
 def test_a_launched_job_is_selected_so_its_progress_and_result_card_show(tmp_path):
