@@ -224,6 +224,23 @@ def test_training_job_outside_the_data_root_is_refused(app):
     assert "outside the data root" in message
 
 
+def test_variant_options_are_checked_before_a_job_is_queued(app):
+    """The CLI's variant options through the app's API: a bad value or a path outside the data root is
+    refused with a one-line message, and nothing is queued."""
+    _, client, _, _ = app
+    before = len(client.predict(api_name="/jobs")["data"])
+    stages = _error_text(lambda: client.predict("optiml", "synthetic", "", 4, 1, 1, 1.0, 1.0, "auto", "optiml",
+                                                stages="3", api_name="/submit_job"))
+    assert "stages must include 4" in stages and "\n" not in stages
+    outside = _error_text(lambda: client.predict("kmat", "synthetic", "", 4, 1, 1, 1.0, 1.0, "auto", "kmat",
+                                                 descriptions="/etc/passwd", api_name="/submit_job"))
+    assert "outside the data root" in outside
+    weight = _error_text(lambda: client.predict("kmat", "synthetic", "", 4, 1, 1, 1.0, 1.0, "auto", "kgcoop",
+                                                kgcoop_lambda=-2, api_name="/submit_job"))
+    assert "kgcoop_lambda must be at least 0" in weight
+    assert len(client.predict(api_name="/jobs")["data"]) == before
+
+
 def _job_row(client: Client, job_id: int) -> list:
     table = client.predict(api_name="/jobs")
     return next(row for row in table["data"] if int(row[0]) == job_id)
