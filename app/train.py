@@ -43,7 +43,8 @@ from medot.jobs import SYNTHETIC, JobError, JobManager, JobRecord, cli_flags
 from medot.jobs.arguments import KMAT_PAPER_TASKS
 
 POLL_SECONDS = 2.0
-JOB_COLUMNS = ["job", "method", "status", "epoch", "loss", "dataset", "created", "model / error", "launched by"]
+#: short headers: the table shares half the page with the form, and a long header breaks mid-word
+JOB_COLUMNS = ["#", "method", "status", "epoch", "loss", "dataset", "created", "model / error", "owner"]
 #: the viewer of a page built before any request: nobody's jobs are shown in detail
 NOBODY = ""
 ModelRefresher = tuple[gr.Dropdown, Callable[[], list[tuple[str, str]]]]
@@ -185,14 +186,14 @@ def job_rows(manager: JobManager, viewer: str | None = None) -> list[list]:
     paths = private_paths(manager.home, manager.data_root)
     for job in manager.list_jobs():
         epoch = "" if job.epoch is None else f"{job.epoch}/{job.total_epochs or '?'}"
-        loss = "" if job.loss is None else f"{job.loss:.4f}"
+        loss = "" if job.loss is None else f"{job.loss:.3g}"
         dataset, outcome = "", ""
         if _visible(job, viewer):
             dataset = shown_path(str(job.arguments.get("dataset", "")), manager)
             outcome = (shown_path(job.checkpoint_path, manager) if job.checkpoint_path
                        else redact_paths((job.error or "").split("\n")[0], paths))
         rows.append([job.id, job.method, job_phase(manager, job), epoch, loss, dataset,
-                     job.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"), outcome, launched_by(job, viewer)])
+                     job.created_at.astimezone().strftime("%m-%d %H:%M"), outcome, launched_by(job, viewer)])
     return rows
 
 
@@ -455,7 +456,7 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             launched = gr.Markdown()
         with gr.Column(scale=3):
             jobs = gr.Dataframe(job_rows(manager, NOBODY), headers=JOB_COLUMNS, label="Jobs", interactive=False,
-                                wrap=True, column_widths=["5%", "9%", "10%", "8%", "7%", "13%", "13%", "24%", "11%"],
+                                wrap=True, column_widths=["4%", "10%", "11%", "8%", "7%", "14%", "11%", "24%", "11%"],
                                 elem_id="jobs")
             job = gr.Dropdown([], label="Job (yours)", value=None, allow_custom_value=True)
             with gr.Row():
