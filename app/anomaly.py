@@ -18,7 +18,7 @@ import numpy as np
 from app.backbones import BackboneCache, describe
 from app.examples import build_example_gallery
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
-from app.models import ModelCache, listed_model, model_choices, refreshed
+from app.models import ModelCache, listed_model, model_choices, refreshed, resolve_model
 from medot.config import Settings
 from medot.methods.madpot.config import MADPOT, MVFA_BASELINE
 from medot.methods.madpot.detector import load_madpot, zero_shot_detector
@@ -86,8 +86,8 @@ def detect(detectors: DetectorCache, settings: Settings, file_path: str | None, 
     threshold); the verdict comes from the calibration stored with the model."""
     image = read_upload(file_path)
     with user_errors():
-        meta = listed_model(settings, model, tuple(LOADERS))
-        detector = detectors.get(model, meta["backbone"], meta["method"])
+        path, meta = resolve_model(settings, model, tuple(LOADERS))
+        detector = detectors.get(str(path), meta["backbone"], meta["method"])
         view = view_image(detector.backbone, image.rgb())
         maps, scores = detector.predict([view])
     calibration = detector.calibration
@@ -150,10 +150,10 @@ def assignment(detectors: DetectorCache, settings: Settings, detection: Detectio
     if detection is None or not detection.model:
         return None, "Run a detection with a MADPOT model first."
     with user_errors():
-        meta = listed_model(settings, detection.model, tuple(LOADERS))
+        path, meta = resolve_model(settings, detection.model, tuple(LOADERS))
         if meta["method"] != MADPOT:
             return None, NO_ASSIGNMENT
-        detector = detectors.get(detection.model, meta["backbone"], meta["method"])
+        detector = detectors.get(str(path), meta["backbone"], meta["method"])
         found = detector.assignments([detection.view], layer or None)
     k = int(meta["hyperparameters"]["n_prompts"])
     picture = assignment_image(found["prompt"][0], found["mass"][0], found["grid"], k, detection.view.shape[0])
@@ -203,10 +203,10 @@ def matched_prototype(detectors: DetectorCache, settings: Settings, detection: D
     if detection is None:
         return "Run the detection first, then click a point of the map."
     with user_errors():
-        meta = listed_model(settings, detection.model, tuple(LOADERS))
+        path, meta = resolve_model(settings, detection.model, tuple(LOADERS))
         if meta["method"] != METHOD:
             return NO_PROTOTYPES
-        detector = detectors.get(detection.model, meta["backbone"])
+        detector = detectors.get(str(path), meta["backbone"])
         match = detector.matched_prototypes([detection.view], member)
     spec = meta["members"][member]
     rows, cols = spec["grid"]
@@ -237,7 +237,7 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
             build_example_gallery(upload)
             method = gr.Radio(list(METHODS), value="PRADOT", label="Method")
             # the list follows the Method radio; any listed checkpoint of either method is accepted
-            # (``listed_model`` refuses every other path), so API calls need not set the radio first
+            # (``resolve_model`` refuses every other name), so API calls need not set the radio first
             with gr.Row():
                 model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="PRADOT model",
                                     allow_custom_value=True, scale=4, elem_id="anomaly-model")
@@ -248,8 +248,13 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
                                   label="Outline threshold (× the normals' 99th pixel percentile; 1 = calibrated)")
             run = gr.Button("Detect anomalies", variant="primary")
         with gr.Column():
-            overlay = gr.Image(label="Image | anomaly map with the predicted region outlined | colour scale "
-                               "(click the map: its matched prototype)", type="numpy", format="png", interactive=False)
+            # a figure's label is drawn over its top edge in one line: kept short (the long one was cut
+            # and hid the colour bar's top value); the reading guide is the line below
+            # one corner button only: the share and full-screen buttons sat over the colour bar's top value
+            overlay = gr.Image(label="Image | anomaly map | colour scale", type="numpy", format="png",
+                               interactive=False, buttons=["download"], elem_id="anomaly-panel")
+            gr.Markdown("The predicted region is outlined on the map (threshold slider); click the map to see "
+                        "the PRADOT prototype its patch was matched to.")
             verdict = gr.Markdown()
             score = gr.Number(label="Raw image anomaly score (maximum of the map)", interactive=False, precision=4)
             summary = gr.Markdown()

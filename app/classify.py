@@ -16,7 +16,7 @@ import numpy as np
 from app.backbones import BackboneCache, describe
 from app.examples import build_example_gallery
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
-from app.models import ModelCache, listed_model, model_choices, refreshed
+from app.models import ModelCache, listed_model, model_choices, refreshed, resolve_model
 from app.viewer import DEIDENTIFY, build_viewer, chosen_image
 from medot.config import Settings
 from medot.data.modality import display_name, match_modality
@@ -110,14 +110,16 @@ def classify(
     image = chosen_image(file_path, preset, frame)
     side = modality if modality in SIDES else "high"
     with user_errors():
-        if model in (None, "", ZERO_SHOT):
+        path, listed = ((None, None) if model in (None, "", ZERO_SHOT)
+                        else resolve_model(settings, model, (*TRAINED_METHODS, *CLASSIFIER_METHODS)))
+        if listed is None:
             labels = parse_labels(labels_text)
             backbone = backbones.get(backbone_name)
             probabilities = zero_shot_probabilities(backbone, [image], labels)[0]
             meta = None
             source = "zero-shot on the typed labels"
-        elif listed_model(settings, model, (*TRAINED_METHODS, *CLASSIFIER_METHODS))["method"] in CLASSIFIER_METHODS:
-            classifier = predictors.get_probe(model)
+        elif listed["method"] in CLASSIFIER_METHODS:
+            classifier = predictors.get_probe(str(path))
             probabilities = classifier.predict_proba([image.pixels])[0]
             labels = list(classifier.class_names)
             meta = classifier.meta
@@ -129,9 +131,9 @@ def classify(
                                 "Not a clinical model unless trained on clinical data.", f"Model: {source}."])
             return dict(zip(labels, probabilities.tolist(), strict=True)), (view * 255).round().astype(np.uint8), info
         else:
-            meta = listed_model(settings, model, TRAINED_METHODS)
+            meta = listed
             trained_on = meta["backbone"]
-            predictor = predictors.get(model, trained_on)
+            predictor = predictors.get(str(path), trained_on)
             backbone = predictor.backbone
             probabilities = predictor.predict_proba([image], side)[0]
             labels = list(predictor.class_names)

@@ -9,7 +9,7 @@ import gradio as gr
 
 from app.feedback import UPLOAD_KINDS, read_upload, user_errors
 from app.examples import build_example_gallery
-from app.models import ModelCache, listed_model, model_choices, refreshed
+from app.models import ModelCache, model_choices, refreshed, resolve_model
 from medot.checkpoint import load_checkpoint
 from medot.config import Settings
 from medot.methods.optiml.config import METHODS
@@ -46,8 +46,8 @@ def correspondences(models: PretrainedModels, settings: Settings, file_path: str
 
     image = read_upload(file_path)
     with user_errors():
-        meta = listed_model(settings, model, METHODS)
-        found = dense_correspondences(models.get(model), image.pixels, seed=int(seed), top_k=int(top_k))
+        path, meta = resolve_model(settings, model, METHODS)
+        found = dense_correspondences(models.get(str(path)), image.pixels, seed=int(seed), top_k=int(top_k))
     summary = (
         f"**{meta['method']}** ({meta['optiml']['encoder']} encoder), token grid {found.grid[0]}×{found.grid[1]}: "
         f"{100 * found.true_match_rate:.0f} % of the shown OT matches land on the true patch; mass on "
@@ -114,9 +114,9 @@ def embedding_maps(settings: Settings, model: str | None, folder: str, method: s
     from medot.viz import manifold_figure
 
     with user_errors():
-        listed_model(settings, model, METHODS)
+        path, _ = resolve_model(settings, model, METHODS)
         root = confine_path(folder, settings.data_root)
-        before, after = before_after_embeddings(model, root)
+        before, after = before_after_embeddings(path, root)
         return tuple(
             manifold_figure(embeddings, method="umap" if method == "umap" else "tsne", title=f"{name} pretraining")
             for name, embeddings in (("Before", before), ("After", after))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.feedback import user_errors
-from app.models import listed_model, model_choices, refreshed
+from app.models import listed_model, model_choices, refreshed, resolve_model
 from medot.config import Settings
 from medot.methods.kmat.runner import TRAINED_METHODS
 from medot.viz.kmat_adapters import coupling_figure, load_kmat_artefacts
@@ -21,8 +21,8 @@ def coupling_plot(settings: Settings, model: str | None, alpha: float, epsilon: 
     if not model:
         raise gr.Error("Choose a trained K-MaT model first.", print_exception=False)
     with user_errors():
-        listed_model(settings, model, TRAINED_METHODS)
-        return coupling_figure(load_kmat_artefacts(model), alpha, epsilon)
+        path, _ = resolve_model(settings, model, TRAINED_METHODS)
+        return coupling_figure(load_kmat_artefacts(path), alpha, epsilon)
 
 
 def trained_settings(settings: Settings, model: str | None):

@@ -249,6 +249,7 @@ class SessionReaper:
 
 def accept_listed_models(dropdowns: Iterable[gr.Dropdown]) -> None:
     """Let API calls name a model the dropdown did not list when the page was built (one trained
-    since start-up); each handler still refuses a path that is not a listed checkpoint."""
+    since start-up); each handler still refuses a model id that is not a listed checkpoint
+    (:func:`app.models.resolve_model`)."""
     for dropdown in dropdowns:
         dropdown.allow_custom_value = True

@@ -11,7 +11,7 @@ import threading
 import gradio as gr
 
 from app.feedback import user_errors
-from app.models import listed_model, model_choices, refreshed
+from app.models import model_choices, refreshed, resolve_model
 from medot.config import Settings
 from medot.methods.kmat.runner import TRAINED_METHODS
 from medot.viz import manifold_figure
@@ -52,8 +52,8 @@ def manifold_plot(settings: Settings, first: str | None, second: str | None, met
     paths = [first] + ([second] if second and second != first else [])
     with user_errors():
         sets, titles = [], []
-        for path in paths:
-            meta = listed_model(settings, path, TRAINED_METHODS)
+        for model in paths:
+            path, meta = resolve_model(settings, model, TRAINED_METHODS)
             sets.append(prompt_embedding_set(load_kmat_artefacts(path), descriptions=descriptions))
             fgw = (meta.get("hyper_parameters") or {}).get("transport")
             titles.append(f"{meta['method']}" + ("" if fgw is None else " with L_fgw" if fgw else " without L_fgw"))

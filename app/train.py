@@ -6,7 +6,11 @@ running when the app died shows as interrupted and can be resumed. Finished mode
 other tabs' model lists (refreshed by the same timer).
 
 The form shows only the fields the chosen method takes (the K-MaT variant list holds the
-prompt-learning baselines), offers only the backbones available here, and takes a zipped dataset
+prompt-learning baselines), and of the variant's own options (:data:`VARIANT_FIELDS`: OPTiML's
+``--stages``, VICRegL's ``--vicregl-alpha`` / ``--num-matches``, K-MaT's ``--descriptions`` and the
+baselines' weights) only those of the chosen variant - empty means the command's default, and the job
+manager checks every value before queuing; a job's details list its command options. It offers only
+the backbones available here, and takes a zipped dataset
 into the data root (:func:`medot.data.archive.import_dataset_zip`). A finished job gets a result
 card (:func:`medot.eval.evidence.result_rows`: test metrics beside their chance level, the model
 path); a job whose training ended but whose process still runs shows as evaluating.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,11 +39,12 @@ from medot.checkpoint import checkpoint_paths, list_checkpoints
 from medot.config import Settings
 from medot.data.archive import import_dataset_zip
 from medot.eval.evidence import result_rows
-from medot.jobs import SYNTHETIC, JobError, JobManager, JobRecord
+from medot.jobs import SYNTHETIC, JobError, JobManager, JobRecord, cli_flags
 from medot.jobs.arguments import KMAT_PAPER_TASKS
 
 POLL_SECONDS = 2.0
-JOB_COLUMNS = ["job", "method", "status", "epoch", "loss", "dataset", "created", "model / error", "launched by"]
+#: short headers: the table shares half the page with the form, and a long header breaks mid-word
+JOB_COLUMNS = ["#", "method", "status", "epoch", "loss", "dataset", "created", "model / error", "owner"]
 #: the viewer of a page built before any request: nobody's jobs are shown in detail
 NOBODY = ""
 ModelRefresher = tuple[gr.Dropdown, Callable[[], list[tuple[str, str]]]]
@@ -52,6 +58,19 @@ TRAINING_ENDED = ("done", "early_stop")
 #: form field -> job argument name (the K-MaT variant is the ``method`` argument of `medot train kmat`)
 FIELD_ARGUMENTS = {"shots": "shots", "lambda_anc": "lambda_anc", "lambda_fgw": "lambda_fgw", "variant": "method",
                    "n_prototypes": "n_prototypes", "backbone": "backbone", "object": "object"}
+#: variant-specific form fields -> (method, job argument, the variants that use it); the field name is
+#: the argument's (``medot train <method> --<argument>``); empty: the command's own default
+VARIANT_FIELDS = {
+    "stages": ("optiml", "stages", ("optiml", "vicregl")),
+    "vicregl_alpha": ("optiml", "vicregl_alpha", ("vicregl",)),
+    "num_matches": ("optiml", "num_matches", ("vicregl",)),
+    "descriptions": ("kmat", "descriptions", ("kmat", "biomedcoop")),
+    "kgcoop_lambda": ("kmat", "kgcoop_lambda", ("kgcoop",)),
+    "biomedcoop_lambda1": ("kmat", "biomedcoop_lambda1", ("biomedcoop",)),
+    "biomedcoop_lambda2": ("kmat", "biomedcoop_lambda2", ("biomedcoop",)),
+    "biomedcoop_tau": ("kmat", "biomedcoop_tau", ("biomedcoop",)),
+    "cocoop_width": ("kmat", "cocoop_width", ("cocoop",)),
+}
 
 
 def trainable_methods(manager: JobManager) -> list[str]:
@@ -73,9 +92,12 @@ def dataset_choices(settings: Settings, method: str | None = None) -> list[str]:
 
 def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, shots: float, epochs: float,
                seed: float, lambda_anc: float, lambda_fgw: float, backbone: str, variant: str | None = None,
-               n_prototypes: float | None = None, obj: str | None = None, owner: str | None = None) -> str:
+               n_prototypes: float | None = None, obj: str | None = None, owner: str | None = None,
+               options: dict | None = None) -> str:
     """Queue a job of ``owner`` (:func:`session_owner`; None: the operator); returns a status line.
-    Arguments a method's job does not accept are left out."""
+    ``options``: the :data:`VARIANT_FIELDS` values (numbers, or text such as ``"3 4"`` for a list;
+    None or empty: the command's default). Arguments a method's job does not accept, and options of
+    another method or variant, are left out; the job manager checks the rest before queuing."""
     if method not in manager.methods:
         raise gr.Error(f"Choose a training method: {', '.join(manager.methods)}.", print_exception=False)
     accepted = manager.methods[method]
@@ -91,10 +113,26 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
         "n_prototypes": n_prototypes or None,  # 0 or empty: the method's preset decides
         "object": (obj or "").strip() or None,
     }
+    for field, value in (options or {}).items():
+        if field not in VARIANT_FIELDS:
+            raise gr.Error(f"Unknown training option {field!r}.", print_exception=False)
+        text = value.strip() if isinstance(value, str) else value
+        if text not in (None, "") and field_applies(manager, field, method, variant):
+            wanted[VARIANT_FIELDS[field][1]] = text
     arguments = {name: value for name, value in wanted.items() if name in accepted and value is not None}
     with user_errors():
         job_id = manager.submit(method, arguments, owner=owner)
     return f"Job {job_id} ({method}) queued."
+
+
+def follow_job(manager: JobManager, message: str, viewer: str | None = None):
+    """The job dropdown after a launch: the job just queued (``"Job N (...) queued."``) selected, so
+    that its progress and then its result card show without the user picking it first."""
+    match = re.match(r"Job (\d+) ", message or "")
+    ids = own_job_ids(manager, viewer)
+    if match is None or int(match.group(1)) not in ids:
+        return gr.update(choices=ids)
+    return gr.update(choices=ids, value=int(match.group(1)))
 
 
 def job_phase(manager: JobManager, job: JobRecord) -> str:
@@ -148,14 +186,14 @@ def job_rows(manager: JobManager, viewer: str | None = None) -> list[list]:
     paths = private_paths(manager.home, manager.data_root)
     for job in manager.list_jobs():
         epoch = "" if job.epoch is None else f"{job.epoch}/{job.total_epochs or '?'}"
-        loss = "" if job.loss is None else f"{job.loss:.4f}"
+        loss = "" if job.loss is None else f"{job.loss:.3g}"
         dataset, outcome = "", ""
         if _visible(job, viewer):
             dataset = shown_path(str(job.arguments.get("dataset", "")), manager)
             outcome = (shown_path(job.checkpoint_path, manager) if job.checkpoint_path
                        else redact_paths((job.error or "").split("\n")[0], paths))
         rows.append([job.id, job.method, job_phase(manager, job), epoch, loss, dataset,
-                     job.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"), outcome, launched_by(job, viewer)])
+                     job.created_at.astimezone().strftime("%m-%d %H:%M"), outcome, launched_by(job, viewer)])
     return rows
 
 
@@ -181,6 +219,8 @@ def job_detail(manager: JobManager, job_id: int | None, viewer: str | None = Non
     status = f"**Job {job.id}** ({job.method}): **{phase}**"
     if job.epoch is not None:
         status += f", epoch {job.epoch}/{job.total_epochs or '?'}"
+    if job.arguments:
+        status += f"  \nSettings: `{redact_paths(job_settings(manager, job), paths)}`"
     if phase == "evaluating":
         status += " - training has ended; the model is being evaluated on the test images"
     if job.error:
@@ -207,7 +247,7 @@ def result_card(job: JobRecord, shown: str | None = None) -> str:
              + (f" on {meta['task']}" if meta.get("task") else "")]
     if rows:
         lines += ["| test metric | value | chance level |", "|---|---|---|"]
-        lines += [f"| {r.metric} | {r.value:.3f} | {'' if r.chance is None else f'{r.chance:.3f}'} |" for r in rows]
+        lines += [f"| {r.metric} | {r.shown(r.value)} | {r.shown(r.chance)} |" for r in rows]
     else:
         lines.append("This model records no test metrics.")
     lines.append(f"\n**Model:** `{shown}` - listed in the other tabs' model lists.")
@@ -296,6 +336,29 @@ def shown_fields(manager: JobManager, method: str | None) -> list:
     return updates
 
 
+def field_applies(manager: JobManager, field: str, method: str | None, variant: str | None) -> bool:
+    """Whether the :data:`VARIANT_FIELDS` ``field`` applies to a ``method`` job of ``variant`` (None:
+    the method's default variant, the first of its list)."""
+    owner, argument, variants = VARIANT_FIELDS[field]
+    if method != owner or argument not in manager.methods.get(method or "", {}):
+        return False
+    choices = variant_choices(manager, method)
+    return (variant or (choices[0] if choices else None)) in variants
+
+
+def variant_fields(manager: JobManager, method: str | None, variant: str | None = None) -> list:
+    """Updates of the :data:`VARIANT_FIELDS` fields (in that order): shown only for their method and
+    variant (None: the method's first variant)."""
+    return [gr.update(visible=field_applies(manager, field, method, variant)) for field in VARIANT_FIELDS]
+
+
+def job_settings(manager: JobManager, job: JobRecord) -> str:
+    """The job's command options as ``--name value`` text, paths relative (:func:`shown_path`)."""
+    shown = {name: shown_path(value, manager) if isinstance(value, str) and Path(value).is_absolute() else value
+             for name, value in job.arguments.items()}
+    return " ".join(flag.replace("=", " ", 1) for flag in cli_flags(shown))
+
+
 def import_dataset(settings: Settings, archive: str | None, name: str, method: str | None = None):
     """Unpack an uploaded zip into the data root; returns (message, dataset dropdown update for
     ``method``: the new folder selected when that method trains on it)."""
@@ -362,11 +425,38 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
                 backbone = gr.Dropdown(choices, value="auto", label="Backbone", visible=takes["backbone"])
             obj = gr.Textbox("", label="Object (the MVFA <Obj>_AD folder, e.g. Retina on the synthetic set)",
                              elem_id="train-object", visible=takes["object"])
+            # the variant's own options (VARIANT_FIELDS), as `medot train <method> --help` names them
+            applies = {field: field_applies(manager, field, methods[0] if methods else None, None)
+                       for field in VARIANT_FIELDS}
+            with gr.Row():
+                stages = gr.Textbox("", label="Dense stages (ResNet stage numbers, always with 4, e.g. 3 4; "
+                                    "empty: 4)", elem_id="train-stages", visible=applies["stages"])
+                vicregl_alpha = gr.Number(None, label="VICRegL α: weight of the global term, in [0, 1] "
+                                          "(empty: 0.75)", elem_id="train-vicregl-alpha",
+                                          visible=applies["vicregl_alpha"])
+                num_matches = gr.Textbox("", label="VICRegL matches kept per direction, K_S K_T (empty: 20 4)",
+                                         elem_id="train-num-matches", visible=applies["num_matches"])
+            descriptions = gr.Textbox("", label="Class descriptions (JSON under the data root, e.g. "
+                                      "tasks/chest.json; empty: the task's own)", elem_id="train-descriptions",
+                                      visible=applies["descriptions"])
+            with gr.Row():
+                kgcoop_lambda = gr.Number(None, label="KgCoOp λ (empty: 8)", elem_id="train-kgcoop-lambda",
+                                          visible=applies["kgcoop_lambda"])
+                biomedcoop_lambda1 = gr.Number(None, label="BiomedCoOp λ1, L_SCCM (empty: 1)",
+                                               elem_id="train-biomedcoop-lambda1",
+                                               visible=applies["biomedcoop_lambda1"])
+                biomedcoop_lambda2 = gr.Number(None, label="BiomedCoOp λ2, L_KDSP (empty: 1)",
+                                               elem_id="train-biomedcoop-lambda2",
+                                               visible=applies["biomedcoop_lambda2"])
+                biomedcoop_tau = gr.Number(None, label="BiomedCoOp τ, pruning z-score (empty: 1.5)",
+                                           elem_id="train-biomedcoop-tau", visible=applies["biomedcoop_tau"])
+                cocoop_width = gr.Number(None, label="CoCoOp meta-net width (empty: embedding dim / 16)",
+                                         precision=0, elem_id="train-cocoop-width", visible=applies["cocoop_width"])
             launch = gr.Button("Launch training job", variant="primary")
             launched = gr.Markdown()
         with gr.Column(scale=3):
             jobs = gr.Dataframe(job_rows(manager, NOBODY), headers=JOB_COLUMNS, label="Jobs", interactive=False,
-                                wrap=True, column_widths=["5%", "9%", "10%", "8%", "7%", "13%", "13%", "24%", "11%"],
+                                wrap=True, column_widths=["4%", "10%", "11%", "8%", "7%", "14%", "11%", "24%", "11%"],
                                 elem_id="jobs")
             job = gr.Dropdown([], label="Job (yours)", value=None, allow_custom_value=True)
             with gr.Row():
@@ -378,6 +468,11 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             log = gr.Code(label="Log (last lines)", language=None, lines=10)
     fields = [shots, lambda_anc, lambda_fgw, variant, n_prototypes, backbone, obj]
     method.change(lambda m: shown_fields(manager, m), inputs=[method], outputs=fields, api_name=False)
+    options = [stages, vicregl_alpha, num_matches, descriptions, kgcoop_lambda, biomedcoop_lambda1,
+               biomedcoop_lambda2, biomedcoop_tau, cocoop_width]  # VARIANT_FIELDS order
+    method.change(lambda m: variant_fields(manager, m), inputs=[method], outputs=options, api_name=False)
+    variant.change(lambda m, v: variant_fields(manager, m, v), inputs=[method, variant], outputs=options,
+                   api_name=False)
     unpack.click(lambda a, n, m: import_dataset(settings, a, n, m), inputs=[archive, archive_name, method],
                  outputs=[imported, dataset], api_name="import_dataset")
     known_models = gr.State(None)
@@ -398,16 +493,24 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
 
     watch_outputs = [jobs, job, status, log, curve, known_models, *[dropdown for dropdown, _ in model_dropdowns]]
     def launch_job(method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone,
-                   variant=None, n_prototypes=None, obj=None, request: gr.Request = None):
+                   variant=None, n_prototypes=None, obj=None, stages=None, vicregl_alpha=None, num_matches=None,
+                   descriptions=None, kgcoop_lambda=None, biomedcoop_lambda1=None, biomedcoop_lambda2=None,
+                   biomedcoop_tau=None, cocoop_width=None, request: gr.Request = None):
         form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj)
-        return submit_job(manager, *form, owner=session_owner(request))
+        values = (stages, vicregl_alpha, num_matches, descriptions, kgcoop_lambda, biomedcoop_lambda1,
+                  biomedcoop_lambda2, biomedcoop_tau, cocoop_width)
+        return submit_job(manager, *form, owner=session_owner(request), options=dict(zip(VARIANT_FIELDS, values)))
+
+    def follow_launched(message: str, request: gr.Request):
+        return follow_job(manager, message, session_owner(request))
 
     launch.click(
         launch_job,
-        inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj],
+        inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj,
+                *options],
         outputs=[launched],
         api_name="submit_job",
-    )
+    ).success(follow_launched, inputs=[launched], outputs=[job], api_name=False)
     method.change(lambda m: gr.update(choices=dataset_choices(settings, m), value=SYNTHETIC), inputs=[method],
                   outputs=[dataset], api_name=False)
     def cancelling(j, request: gr.Request):  # said at once: a running job takes up to cancel_grace_s to stop

@@ -123,7 +123,7 @@ def first_umap(warm: bool, home: Path, wait: float = 0.0) -> tuple[float, float]
         client = Client(url, verbose=False)
         time.sleep(wait)
         start = time.perf_counter()
-        client.predict(str(model.with_suffix(".safetensors")), "", "umap", True, api_name="/manifold")
+        client.predict("models/stored/model.safetensors", "", "umap", True, api_name="/manifold")  # its id
         return time.perf_counter() - start, cold
     finally:
         process.terminate()
@@ -182,7 +182,8 @@ def main() -> None:
                          ["parameters"])
             lists = client.predict("zero-shot", None, "", *[None] * (inputs - 3), api_name="/model_lists")
             lists_time = time.perf_counter() - start
-            listed = [model in [choice[1] for choice in update["choices"]] for update in lists[:4]]
+            model_id = Path(model).relative_to(home).as_posix()  # the lists offer ids relative to MEDOT_HOME
+            listed = [model_id in [choice[1] for choice in update["choices"]] for update in lists[:4]]
             first = _classify(client)  # loads the backbone
             sequential = [_classify(client) for _ in range(args.sequential)]
             with ThreadPoolExecutor(args.requests) as pool:
@@ -382,7 +383,7 @@ def deployment(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        model = str(_write_patchcore(home))
+        model = Path(_write_patchcore(home)).relative_to(home).as_posix()  # the id the app lists and takes
         large = home / "large.png"
         Image.open(EXAMPLE).convert("RGB").resize((5600, 5600)).save(large)
         started = time.perf_counter()

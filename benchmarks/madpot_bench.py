@@ -5,7 +5,8 @@ Measurements, printed as they finish (side by side in one run):
 * (a) **One k-shot run** (k normal + k abnormal images of the synthetic ``Retina``, ``--views``
   fixed augmentations each, ``--epochs`` epochs, batch 16): encoding wall time and training wall
   time; and the **ratio** of a training step on cached tokens to the same step when the batch's
-  images are re-encoded by the frozen tower first (median over steps).
+  rows are re-made first (each row's view augmented and encoded by the frozen tower; median over
+  steps).
 * (b) **Share of a training step spent in partial OT** (the ``transport_plans`` calls, timed inside
   the step), and the batched medot solve of one step's OT problems vs a Python loop of
   ``ot.partial.entropic_partial_wasserstein`` on the same problems (same iterations).
@@ -38,7 +39,7 @@ from medot.backbones import create_backbone
 from medot.data.io import read_image
 from medot.data.synthetic import write_synthetic_benchmark
 from medot.methods.madpot.config import MadpotConfig
-from medot.methods.madpot.data import encode_support, load_support
+from medot.methods.madpot.data import augment, encode_support, load_support
 from medot.methods.madpot.runner import benchmark, format_table, summarise
 from medot.methods.madpot.task import MadpotTask, fit, support_batches
 from medot.train import EpochContext, FeatureCache
@@ -152,8 +153,10 @@ def main() -> None:
             ot_share.append(ot_time[0] / step)
             text_share.append(text_time[0] / step)
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                backbone.encode_image(backbone.transform_batch(images[: len(batch[0])]), layers)
+            with torch.inference_mode():  # the batch's rows as fresh views: augment + encode each of them
+                rows = len(batch[0])
+                views_now = [augment(images[i % len(images)], None, (i // len(images)) % views)[0] for i in range(rows)]
+                backbone.encode_image(backbone.transform_batch(views_now), layers)
             task.training_step(batch)["loss"].backward()
             reencoded.append(time.perf_counter() - t0)
     finally:

@@ -47,6 +47,9 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from medot.data.synthetic import write_synthetic_benchmark
 
+    if args.pretraining_pool < 0 or args.pretraining_pool == 1:  # refused before anything is written
+        raise MedotError(f"--pretraining-pool {args.pretraining_pool}: give 0 (none) or at least 2 images")
+
     benchmark = write_synthetic_benchmark(
         args.out, seed=args.seed, n_per_class=args.n_per_class, size=args.size, progress=not args.quiet
     )
@@ -173,11 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medot {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    backbones = commands.add_parser("backbones", help="list the backbones available here and why others are not")
+    backbones = commands.add_parser(
+        "backbones", help="list the backbones available here and why others are not",
+        description="List each backbone name, whether it can be loaded here (files only: nothing is downloaded "
+        "or imported) and why not, and what 'auto' resolves to.",
+    )
     backbones.add_argument("--json", action="store_true", help="print machine-readable JSON")
     backbones.set_defaults(run=_cmd_backbones)
 
-    synth = commands.add_parser("synth", help="write the seeded synthetic phantom benchmark (no download)")
+    synth = commands.add_parser(
+        "synth", help="write the seeded synthetic phantom benchmark (no download)",
+        description="Write the seeded synthetic phantom benchmark (not clinical data) into --out: OUT/kmat (CT-like "
+        "and X-ray-like cases of normal / nodule / opacity; train with 'medot train kmat --task OUT'), OUT/mvfa and "
+        "OUT/mvtec (anomaly layouts with masks; 'medot train madpot --data OUT/mvfa --object Retina', "
+        "'medot train pradot --data OUT/mvtec') and, with --pretraining-pool, OUT/optiml ('medot train optiml --data OUT/optiml/pool'). "
+        "The smallest set: --size 32 --n-per-class 3.",
+    )
     synth.add_argument("--out", required=True, help="output folder (created; a previous synthetic output is replaced)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     synth.add_argument("--n-per-class", type=int, default=20, help="cases per class and modality (default: 20)")
@@ -245,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medot: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a folder that cannot be created, a file that cannot be read or written
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"medot: error: {rank_prefix()}{where}{error.strerror or error}", file=sys.stderr)
+        return 2
     except (MemoryError, RuntimeError) as error:
         if not out_of_memory(error):
             raise

@@ -39,9 +39,10 @@ class Settings:
         return self.home / "models"
 
 
-def confine_path(user_path: str | os.PathLike, root: str | os.PathLike) -> Path:
+def confine_path(user_path: str | os.PathLike, root: str | os.PathLike, *, outside: str | None = None) -> Path:
     """Resolve ``user_path`` (absolute, or relative to ``root``) and refuse it unless it lies inside
-    ``root`` once symlinks and ``..`` are resolved."""
+    ``root`` once symlinks and ``..`` are resolved. ``outside``: the refusal's text after the
+    quoted path (default: that it is outside the data root, which is named)."""
     root = Path(root).expanduser().resolve()
     text = str(user_path).strip()
     if not text or "\x00" in text:
@@ -55,5 +56,5 @@ def confine_path(user_path: str | os.PathLike, root: str | os.PathLike) -> Path:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else "symlink loop"
         raise PathNotAllowedError(f"{text[:80]!r}{'...' if len(text) > 80 else ''} cannot be used as a path: {reason.lower()}") from None
     if resolved != root and root not in resolved.parents:
-        raise PathNotAllowedError(f"{text!r} is outside the data root {root}; put the data under it (MEDOT_DATA_ROOT)")
+        raise PathNotAllowedError(f"{text!r} " + (outside or f"is outside the data root {root}; put the data under it (MEDOT_DATA_ROOT)"))
     return resolved

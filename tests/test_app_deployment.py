@@ -134,9 +134,9 @@ def test_an_internal_error_shows_an_id_that_the_server_log_explains(locked):
 def test_models_written_after_start_up_are_accepted_by_the_manifold_and_coupling_views(locked):
     _, client, home, _ = locked
     stored = write_artefacts_checkpoint(home / "models" / "late" / "model", alpha=0.3, epsilon=0.2)
-    figure = _figure(client.predict(str(stored), "", "tsne", False, api_name="/manifold"))
+    figure = _figure(client.predict("models/late/model.safetensors", "", "tsne", False, api_name="/manifold"))
     assert sum(_points_per_class(figure).values()) == 4 * 3  # w_H, w_L and both anchors of 3 classes
-    gamma = _figure(client.predict(str(stored), 0.3, 0.2, api_name="/coupling"))["data"][0]
+    gamma = _figure(client.predict("models/late/model.safetensors", 0.3, 0.2, api_name="/coupling"))["data"][0]
     plan = load_checkpoint(stored).tensors["artefacts.fgw_plan"].double().numpy()
     np.testing.assert_allclose(_array(gamma["z"]).astype(np.float64), plan, atol=1e-5)
     # a path that is no listed checkpoint is still refused
@@ -169,12 +169,13 @@ def test_a_model_trained_after_start_up_classifies_and_an_overwritten_one_is_rel
         probabilities = predictor.predict_proba([read_image(image)], "high")[0]
         return dict(zip(predictor.class_names, probabilities.tolist(), strict=True))
 
-    def served() -> dict[str, float]:
-        label, _, _ = client.predict(handle_file(str(image)), LABELS, "lite", str(model), HIGH, api_name="/classify")
+    def served(named: str = "models/fresh/model.safetensors") -> dict[str, float]:  # the id the list offers
+        label, _, _ = client.predict(handle_file(str(image)), LABELS, "lite", named, HIGH, api_name="/classify")
         return _probabilities(label)
 
     first = served()
     assert first == pytest.approx(expected(), abs=1e-4)
+    assert served(str(model)) == pytest.approx(first, abs=1e-6)  # older clients' absolute path inside MEDOT_HOME
     # the same file saved over with other prompts (as a resumed job or a retrained model does)
     checkpoint = load_checkpoint(model)
     generator = torch.Generator().manual_seed(0)
@@ -185,6 +186,29 @@ def test_a_model_trained_after_start_up_classifies_and_an_overwritten_one_is_rel
     second = served()
     assert second == pytest.approx(expected(), abs=1e-4)
     assert second != pytest.approx(first, abs=1e-4)
+
+
+def test_classify_refuses_model_names_that_leave_medot_home_with_one_readable_line(locked, tmp_path):
+    """``..``, an absolute path outside MEDOT_HOME and a symlink inside it leading out are refused by
+    /classify before anything is opened, with one line that names no server folder."""
+    _, client, home, _ = locked
+    foreign = write_artefacts_checkpoint(tmp_path / "foreign" / "model")  # a real model, outside MEDOT_HOME
+    (home / "models" / "escape").symlink_to(foreign.parent, target_is_directory=True)
+    image = REPO / "assets" / "examples" / "ct_nodule.png"
+    expected = {
+        "../x": "may not contain '..'",
+        "models/../../x/model.safetensors": "may not contain '..'",
+        str(foreign): "does not name a model inside MEDOT_HOME",
+        "models/escape/model.safetensors": "does not name a model inside MEDOT_HOME",
+    }
+    try:
+        for named, text in expected.items():
+            message = _error_text(lambda named=named: client.predict(handle_file(str(image)), LABELS, "lite", named,
+                                                                     HIGH, api_name="/classify"))
+            assert text in message, (named, message)
+            assert "\n" not in message.strip() and "Traceback" not in message and str(home) not in message
+    finally:
+        (home / "models" / "escape").unlink()
 
 
 # --------------------------------------------------------------------------- in-process pieces
@@ -212,6 +236,53 @@ def test_the_model_cache_reloads_a_checkpoint_saved_over_and_keeps_a_bounded_num
         cache.get(other, lambda other=other: load(other))
     cache.get(first, lambda: load(first))
     assert len(loads) == 5  # 'a' was dropped as least recently used (size 2)
+
+
+def test_models_are_offered_and_named_by_ids_relative_to_home_and_confined_to_it(tmp_path):
+    """The dropdowns' values are ids relative to MEDOT_HOME; ``resolve_model`` (every tab's way from a
+    request to a checkpoint) accepts an id or an absolute path inside MEDOT_HOME and refuses ``..``,
+    paths leaving MEDOT_HOME (symlinks followed) and files that are no listed checkpoint."""
+    import os
+
+    from app.models import model_choices, resolve_model
+    from medot.config import Settings
+    from medot.errors import CheckpointError, PathNotAllowedError
+
+    home, outside = (tmp_path / "home").resolve(), (tmp_path / "outside").resolve()
+    settings = Settings(home=home, data_root=home / "data", backbone="lite")
+    kept = write_artefacts_checkpoint(home / "models" / "kept" / "model")
+    job = write_artefacts_checkpoint(home / "jobs" / "3" / "model", seed=1)
+    foreign = write_artefacts_checkpoint(outside / "foreign" / "model", seed=2)
+    # escapes: a folder symlink to a model outside, and a real sidecar whose tensor file links outside
+    (home / "models" / "linked-folder").symlink_to(outside / "foreign", target_is_directory=True)
+    (home / "models" / "linked-file").mkdir()
+    (home / "models" / "linked-file" / "model.json").write_bytes(checkpoint_paths(foreign)[1].read_bytes())
+    (home / "models" / "linked-file" / "model.safetensors").symlink_to(foreign)
+    os.utime(kept, (1, 1))  # newest first: the job's model, then the kept one
+
+    values = [value for _, value in model_choices(settings, ("kmat",))]
+    assert values == ["jobs/3/model.safetensors", "models/kept/model.safetensors"]  # no escape is offered
+    assert not any(Path(value).is_absolute() or str(home) in value for value in values)
+
+    path, meta = resolve_model(settings, "jobs/3/model.safetensors", ("kmat",))
+    assert path == job and meta["method"] == "kmat"
+    assert resolve_model(settings, " models/kept/model.safetensors ", ("kmat",))[0] == kept
+    assert resolve_model(settings, str(kept), ("kmat",))[0] == kept  # older clients: absolute inside home
+    refusals = {
+        "../outside/foreign/model.safetensors": (PathNotAllowedError, "may not contain '..'"),
+        "models/kept/../kept/model.safetensors": (PathNotAllowedError, "may not contain '..'"),
+        str(foreign): (PathNotAllowedError, "does not name a model inside MEDOT_HOME"),
+        "models/linked-folder/model.safetensors": (PathNotAllowedError, "does not name a model inside MEDOT_HOME"),
+        "models/linked-file/model.safetensors": (PathNotAllowedError, "does not name a model inside MEDOT_HOME"),
+        "models/kept/model.json": (CheckpointError, "choose a model from the list"),  # inside, not a model
+        "models/kept/model.safetensors\x00": (PathNotAllowedError, "not a model id"),
+        "": (CheckpointError, "choose a model from the list"),
+    }
+    for named, (error, text) in refusals.items():
+        with pytest.raises(error, match=re.escape(text)):
+            resolve_model(settings, named, ("kmat",))
+    with pytest.raises(CheckpointError, match="not a trained model of this tab"):  # listed, another tab's method
+        resolve_model(settings, "jobs/3/model.safetensors", ("pradot",))
 
 
 def test_heavy_endpoints_share_one_concurrency_group_of_the_configured_size(tmp_path):
@@ -714,3 +785,43 @@ def test_a_12_bit_jpeg_dicom_names_the_missing_decoder_package():
     message = str(raised.value)
     assert "12 bits stored" in message and "pylibjpeg" in message
     assert "truncated" not in message and "re-export" not in message
+
+
+def test_figure_labels_fit_on_one_line_over_their_figure(tmp_path):
+    """Gradio draws an Image / Plot / Gallery label over the figure's top edge in one line: the
+    anomaly panel's 108-character label was cut and hid the colour bar's top value."""
+    from app.server import build_app
+    from medot.config import Settings
+
+    demo = build_app(Settings(home=tmp_path, data_root=tmp_path / "data", backbone="lite"), device="cpu")
+    figures = [b for b in demo.blocks.values() if isinstance(b, (gr.Image, gr.Plot, gr.Gallery))]
+    assert len(figures) >= 10
+    too_long = [b.label for b in figures if b.show_label and len(b.label or "") > 70]
+    assert too_long == []
+    # the anomaly panel's colour bar reaches its top-right corner, where the share and full-screen
+    # buttons hid its top value (">=2"): only the download button is left there
+    panel = next(b for b in figures if b.elem_id == "anomaly-panel")
+    assert list(panel.buttons) == ["download"]
+
+
+def test_a_launched_job_is_selected_so_its_progress_and_result_card_show(tmp_path):
+    """After 'Launch training job' the Job dropdown holds the new job (it said "Select a job." and
+    showed nothing until the user picked it), and only the launcher's own job is selected."""
+    from app.server import build_app
+    from app.train import follow_job, submit_job
+    from medot.config import Settings
+
+    manager = _owned_job_manager(tmp_path, tmp_path)
+    try:
+        message = submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "lite", owner="session:a")
+        job = int(message.split()[1])
+        assert follow_job(manager, message, "session:a")["value"] == job
+        assert "value" not in follow_job(manager, message, "session:b")  # someone else's job is not selected
+        assert "value" not in follow_job(manager, "", "session:a")  # a refused launch selects nothing
+    finally:
+        manager.cancel(job)
+    demo = build_app(Settings(home=tmp_path / "app", data_root=tmp_path / "data", backbone="lite"), device="cpu")
+    dropdown = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Job (yours)")
+    submit = next(i for i, fn in demo.fns.items() if fn.api_name == "submit_job")
+    followers = [fn for fn in demo.fns.values() if getattr(fn, "trigger_after", None) == submit]
+    assert any(dropdown in fn.outputs for fn in followers)

@@ -43,7 +43,8 @@ def _values(update) -> list:
 
 def test_every_model_list_is_filled_on_page_load_with_models_written_after_start(live):
     server, client = live
-    model = str(write_artefacts_checkpoint(server.home / "models" / "late" / "model"))
+    write_artefacts_checkpoint(server.home / "models" / "late" / "model")
+    model = "models/late/model.safetensors"  # the lists offer ids relative to MEDOT_HOME, not server paths
     ids = {_by_elem_id(client, elem_id)["id"]: elem_id for elem_id in MODEL_LISTS}
     on_load = [d for d in client.config["dependencies"] if any(t[1] == "load" for t in d["targets"])]
     filled = {ids[i] for d in on_load for i in d["outputs"] if i in ids}
@@ -59,6 +60,9 @@ def test_every_model_list_is_filled_on_page_load_with_models_written_after_start
     assert "" in _values(second) and model in _values(second)
     assert model not in _values(anomaly) and model not in _values(lists["correspondence-model"])  # other kinds
     assert (classify["value"], first["value"], second["value"]) == ("zero-shot", model, "")
+    # no list offers a server path (the values are what the API's ``model`` takes)
+    assert not any(value.startswith("/") or str(server.home) in value for update in lists.values()
+                   for value in _values(update) if isinstance(value, str))
 
 
 @pytest.mark.parametrize(("endpoint", "inputs"), [
@@ -68,7 +72,9 @@ def test_every_model_list_is_filled_on_page_load_with_models_written_after_start
 ])
 def test_each_tab_has_a_refresh_button_that_lists_new_models(live, endpoint, inputs):
     server, client = live
-    model = str(write_artefacts_checkpoint(server.home / "models" / f"refresh{endpoint.replace('/', '-')}" / "model"))
+    name = f"refresh{endpoint.replace('/', '-')}"
+    write_artefacts_checkpoint(server.home / "models" / name / "model")
+    model = f"models/{name}/model.safetensors"
     refreshed = client.predict(*inputs, api_name=endpoint)
     first = refreshed[0] if isinstance(refreshed, (tuple, list)) else refreshed
     assert model in _values(first)

@@ -105,8 +105,27 @@ def test_classify_example_gives_probabilities_over_the_typed_labels(app):
     assert np.asarray(Image.open(preview)).shape == (224, 224, 3)
 
 
+def _model_id(model: Path) -> str:
+    """What the model dropdowns offer and the API takes: the checkpoint relative to MEDOT_HOME."""
+    return model.relative_to(model.parents[2]).as_posix()  # <home>/models/<name>/<file>
+
+
 def _detect(client: Client, image: Path, model: Path, threshold: float = 1.0):
-    return client.predict(handle_file(str(image)), str(model), 0.5, threshold, api_name="/detect_anomalies")
+    return client.predict(handle_file(str(image)), _model_id(model), 0.5, threshold, api_name="/detect_anomalies")
+
+
+def test_the_pages_model_choices_are_ids_relative_to_medot_home(app):
+    """Every model dropdown's values (what the API's ``model`` takes) are ids relative to MEDOT_HOME:
+    neither the page's config nor the API description holds a server path of MEDOT_HOME."""
+    import json
+
+    server, client, model, _ = app
+    values = [choice[1] for component in client.config["components"] if component.get("type") == "dropdown"
+              for choice in component.get("props", {}).get("choices") or [] if isinstance(choice[1], str)]
+    assert _model_id(model) in values  # the PRADOT list (PatchCore's appears when the Method radio says so)
+    assert not any(Path(value).is_absolute() for value in values), values
+    assert str(server.home) not in json.dumps(client.config)
+    assert str(server.home) not in json.dumps(client.view_api(return_format="dict", print_info=False))
 
 
 @pytest.mark.parametrize("kind", ["model", "patchcore"])
@@ -152,7 +171,7 @@ def test_anomaly_threshold_outlines_the_calibrated_region(app):
     image = sorted((data_root / "mvtec" / "phantom" / "test").rglob("*.png"))[-1]
     view = view_image(detector.backbone, read_image(image).rgb())
     maps, scores = detector.predict([view])
-    detection = Detection(str(model), view, maps[0].numpy(), float(scores[0]), detector.calibration.pixel_threshold,
+    detection = Detection(_model_id(model), view, maps[0].numpy(), float(scores[0]), detector.calibration.pixel_threshold,
                           True)
     low = float(np.quantile(detection.scaled_map, 0.5))
     outlined = render(detection, 0.5, low)[:, 224 + GAP : 2 * 224 + GAP]
@@ -205,6 +224,23 @@ def test_training_job_outside_the_data_root_is_refused(app):
     assert "outside the data root" in message
 
 
+def test_variant_options_are_checked_before_a_job_is_queued(app):
+    """The CLI's variant options through the app's API: a bad value or a path outside the data root is
+    refused with a one-line message, and nothing is queued."""
+    _, client, _, _ = app
+    before = len(client.predict(api_name="/jobs")["data"])
+    stages = _error_text(lambda: client.predict("optiml", "synthetic", "", 4, 1, 1, 1.0, 1.0, "auto", "optiml",
+                                                stages="3", api_name="/submit_job"))
+    assert "stages must include 4" in stages and "\n" not in stages
+    outside = _error_text(lambda: client.predict("kmat", "synthetic", "", 4, 1, 1, 1.0, 1.0, "auto", "kmat",
+                                                 descriptions="/etc/passwd", api_name="/submit_job"))
+    assert "outside the data root" in outside
+    weight = _error_text(lambda: client.predict("kmat", "synthetic", "", 4, 1, 1, 1.0, 1.0, "auto", "kgcoop",
+                                                kgcoop_lambda=-2, api_name="/submit_job"))
+    assert "kgcoop_lambda must be at least 0" in weight
+    assert len(client.predict(api_name="/jobs")["data"]) == before
+
+
 def _job_row(client: Client, job_id: int) -> list:
     table = client.predict(api_name="/jobs")
     return next(row for row in table["data"] if int(row[0]) == job_id)
@@ -247,7 +283,7 @@ def test_training_job_finishes_and_its_model_is_listed(app):
     from medot.config import Settings
 
     listed = model_choices(Settings(home=home, data_root=app[3], backbone="lite"), ("pradot",))
-    assert str(home / row[7]) in [path for _, path in listed]
+    assert row[7] in [value for _, value in listed]  # the same id as the jobs table's
 
 
 def test_a_running_job_can_be_cancelled_and_resumed(app):
@@ -338,7 +374,7 @@ def test_clicking_the_map_names_the_prototype_the_patch_was_matched_to(app):
     detector = detectors.get(str(model), "lite")
     view = np.asarray(Image.open(_example("ct_nodule.png")).convert("RGB"), dtype=np.float32) / 255.0
     maps, scores = detector.predict([view])
-    detection = Detection(str(model), view, maps[0].numpy(), float(scores[0]))
+    detection = Detection(_model_id(model), view, maps[0].numpy(), float(scores[0]))
     size = detection.anomaly_map.shape[0]
     x, y = size - 1, 0  # top-right pixel -> patch (row 0, last column) of the 14x14 stride16 grid
     text = matched_prototype(detectors, settings, detection, 0, SimpleNamespace(index=(x, y)))

@@ -36,6 +36,11 @@ class KMaTViews:
     trained: str
     stored: str
     removed: str
+    home: Path
+
+    def id(self, path: str) -> str:
+        """The model id the app lists for ``path`` and its API takes: the file relative to MEDOT_HOME."""
+        return Path(path).relative_to(self.home).as_posix()
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +64,8 @@ def views(tmp_path_factory):
         )
         server = AppServer(home, data_root)
         try:
-            yield KMaTViews(Client(server.url, verbose=False), backbone, str(trained), str(stored), str(removed))
+            yield KMaTViews(Client(server.url, verbose=False), backbone, str(trained), str(stored), str(removed),
+                            home)
         finally:
             server.kill()
     finally:
@@ -105,7 +111,7 @@ def test_classify_with_the_trained_model_matches_its_predictor_on_the_low_end(vi
 
     image = _example("xray_nodule.png")
     label, _, info = views.client.predict(
-        handle_file(str(image)), "", "lite", views.trained, "low", api_name="/classify"
+        handle_file(str(image)), "", "lite", views.id(views.trained), "low", api_name="/classify"
     )
     predictor = load_kmat_predictor(views.trained, views.backbone)
     expected = predictor.predict_proba([read_image(image)], "low")[0]
@@ -133,7 +139,7 @@ def _points_per_class(figure: dict) -> dict[str, int]:
 @pytest.mark.parametrize(("method", "shown_as", "descriptions"), [("tsne", "t-SNE", True), ("umap", "UMAP", False)])
 def test_manifold_draws_every_prompt_anchor_and_description(views, method, shown_as, descriptions):
     classes, tensors, _ = _stored(views.trained)
-    figure = _figure(views.client.predict(views.trained, "", method, descriptions, api_name="/manifold"))
+    figure = _figure(views.client.predict(views.id(views.trained), "", method, descriptions, api_name="/manifold"))
     counts = _points_per_class(figure)
     assert set(counts) == set(classes)
     described = tensors["description_embeddings"].shape[0] if descriptions else 0
@@ -144,7 +150,8 @@ def test_manifold_draws_every_prompt_anchor_and_description(views, method, shown
 
 
 def test_manifold_compares_two_checkpoints_side_by_side(views):
-    figure = _figure(views.client.predict(views.trained, views.stored, "tsne", True, api_name="/manifold"))
+    figure = _figure(views.client.predict(views.id(views.trained), views.id(views.stored), "tsne", True,
+                                          api_name="/manifold"))
     panels: dict[str, int] = {}
     for trace in (t for t in figure["data"] if t.get("meta") == "points"):
         panels[trace.get("xaxis", "x")] = panels.get(trace.get("xaxis", "x"), 0) + len(trace["hovertext"])
@@ -156,7 +163,7 @@ def test_manifold_compares_two_checkpoints_side_by_side(views):
 
 
 def _plan(views, alpha: float, epsilon: float) -> tuple[np.ndarray, dict]:
-    figure = _figure(views.client.predict(views.trained, alpha, epsilon, api_name="/coupling"))
+    figure = _figure(views.client.predict(views.id(views.trained), alpha, epsilon, api_name="/coupling"))
     gamma = figure["data"][0]
     return _array(gamma["z"]).astype(np.float64), gamma
 
@@ -183,10 +190,10 @@ def test_a_deleted_model_gives_a_readable_message_and_the_app_keeps_serving(view
     Path(views.removed).unlink()
     requests = {
         "/classify": lambda: views.client.predict(
-            handle_file(str(_example("ct_normal.png"))), "", "lite", views.removed,
+            handle_file(str(_example("ct_normal.png"))), "", "lite", views.id(views.removed),
             "high", api_name="/classify"),
-        "/manifold": lambda: views.client.predict(views.removed, "", "tsne", True, api_name="/manifold"),
-        "/coupling": lambda: views.client.predict(views.removed, 0.5, 0.1, api_name="/coupling"),
+        "/manifold": lambda: views.client.predict(views.id(views.removed), "", "tsne", True, api_name="/manifold"),
+        "/coupling": lambda: views.client.predict(views.id(views.removed), 0.5, 0.1, api_name="/coupling"),
     }
     for endpoint, call in requests.items():
         message = _error_text(call)
@@ -200,7 +207,7 @@ def test_classify_shows_the_evidence_behind_the_scores_and_warns_on_another_moda
     meta = load_checkpoint(views.trained).meta
     n, metrics = len(meta["class_names"]), meta["metrics"]
     dicom = _example("CT_small.dcm")  # its Modality tag is CT: the model's high-end modality
-    label, _, info = views.client.predict(handle_file(str(dicom)), "", "lite", views.trained, "low",
+    label, _, info = views.client.predict(handle_file(str(dicom)), "", "lite", views.id(views.trained), "low",
                                           api_name="/classify")
     confidences = {item["label"]: item["confidence"] for item in label["confidences"]}
     top = max(confidences, key=confidences.get)
@@ -210,7 +217,7 @@ def test_classify_shows_the_evidence_behind_the_scores_and_warns_on_another_moda
     assert (f"held-out X-ray test images: accuracy {metrics['acc_lo']:.1%} and macro-F1 {metrics['f1_lo']:.2f}"
             in info)
     assert "**Warning:** the image's DICOM Modality is CT (CT), but the scores use this model's X-ray prompts" in info
-    _, _, info = views.client.predict(handle_file(str(dicom)), "", "lite", views.trained, "high",
+    _, _, info = views.client.predict(handle_file(str(dicom)), "", "lite", views.id(views.trained), "high",
                                       api_name="/classify")
     assert f"held-out CT test images: accuracy {metrics['acc_hi']:.1%}" in info
     assert "Warning" not in info

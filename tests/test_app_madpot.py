@@ -59,7 +59,7 @@ def test_trained_madpot_map_and_assignment_equal_the_librarys(app):
     client = Client(server.url, verbose=False)
     image = sorted((data_root / "mvfa" / "Retina_AD" / "test" / "Ungood" / "img").glob("*.png"))[0]
     overlay, score, _, summary, _ = client.predict(
-        handle_file(str(image)), str(model), 0.5, 1.0, api_name="/detect_anomalies"
+        handle_file(str(image)), model.relative_to(server.home).as_posix(), 0.5, 1.0, api_name="/detect_anomalies"
     )
     detector = load_madpot(model)
     view = _view(detector, image)

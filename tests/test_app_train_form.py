@@ -40,3 +40,131 @@ def test_a_running_job_whose_training_ended_is_evaluating():
     assert job_phase(manager("start", "early_stop"), running) == "evaluating"
     assert job_phase(manager("start", "epoch"), running) == "running"
     assert job_phase(manager("done"), SimpleNamespace(id=1, status="done")) == "done"
+
+
+# --------------------------------------------------------------------------- variant options (CLI parity)
+import shutil  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from app.train import VARIANT_FIELDS, job_detail, submit_job, variant_fields  # noqa: E402
+from medot.cli import build_parser  # noqa: E402
+from medot.jobs import JobError  # noqa: E402
+from medot.jobs.runner import medot_train_command  # noqa: E402
+
+CLASSES = ("nodule", "normal", "opacity")  # assets/descriptions/synthetic.json's classes
+
+
+def _recording_manager(home, data_root, commands):
+    """A manager whose jobs record the `medot train` command they would run and exit at once."""
+    def command_for(method, arguments, out_dir, resume):
+        commands.append(medot_train_command(method, arguments, out_dir, resume))
+        return [sys.executable, "-c", "pass"]
+
+    data_root.mkdir(parents=True, exist_ok=True)
+    return JobManager(home, data_root, command_for=command_for)
+
+
+def _launch(manager, method, variant, commands, dataset="synthetic", **options):
+    submit_job(manager, method, dataset, "", 4, 1, 0, 1.0, 1.0, "auto", variant=variant, owner="session:a",
+               options=options)
+    deadline = __import__("time").monotonic() + 30
+    while not commands and __import__("time").monotonic() < deadline:
+        manager.refresh()
+        __import__("time").sleep(0.05)
+    return commands.pop()
+
+
+def _folder_task(root: Path) -> Path:
+    """ROOT/ct/{train,val,test}/<class>/ + ROOT/xray/test/<class>/, one tiny image each."""
+    for split in ("ct/train", "ct/val", "ct/test", "xray/test"):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), 100, np.uint8)).save(root / split / name / "a.png")
+    return root
+
+
+def _error(call) -> str:
+    with pytest.raises(gr.Error) as caught:
+        call()
+    return str(caught.value)
+
+
+def test_variant_options_are_shown_only_for_their_method_and_variant(tmp_path):
+    manager = JobManager(tmp_path / "home", tmp_path / "data")
+    shown = lambda method, variant=None: {f for f, u in zip(VARIANT_FIELDS, variant_fields(manager, method, variant))  # noqa: E731
+                                          if u["visible"]}
+    assert shown("kmat") == shown("kmat", "kmat") == {"descriptions"}
+    assert shown("kmat", "kgcoop") == {"kgcoop_lambda"} and shown("kmat", "coop") == set()
+    assert shown("kmat", "biomedcoop") == {"descriptions", "biomedcoop_lambda1", "biomedcoop_lambda2", "biomedcoop_tau"}
+    assert shown("kmat", "cocoop") == {"cocoop_width"}
+    assert shown("pradot") == set()
+    if "optiml" in manager.methods:
+        assert shown("optiml") == shown("optiml", "optiml") == {"stages"}
+        assert shown("optiml", "vicregl") == {"stages", "vicregl_alpha", "num_matches"}
+        assert shown("optiml", "vicreg") == set()
+
+
+@pytest.mark.skipif("optiml" not in JobManager.__init__.__kwdefaults__["methods"], reason="no optiml jobs")
+def test_optiml_options_reach_the_command_exactly_when_set_and_bad_values_are_refused(tmp_path):
+    commands: list = []
+    manager = _recording_manager(tmp_path / "home", tmp_path / "data", commands)
+    plain = _launch(manager, "optiml", "vicregl", commands, stages="", vicregl_alpha=None, num_matches=" ")
+    assert not {"--stages", "--num-matches"} & set(plain) and not any(a.startswith("--vicregl-alpha") for a in plain)
+    command = _launch(manager, "optiml", "vicregl", commands, stages="3 4", vicregl_alpha=0.5, num_matches="10, 2")
+    i, j = command.index("--stages"), command.index("--num-matches")
+    assert command[i + 1:i + 3] == ["3", "4"] and command[j + 1:j + 3] == ["10", "2"]
+    assert "--vicregl-alpha=0.5" in command and "--method=vicregl" in command
+    parsed = build_parser().parse_args(command[3:])  # what `medot train optiml` reads from it
+    assert parsed.stages == [3, 4] and parsed.num_matches == [10, 2] and parsed.vicregl_alpha == 0.5
+    # an option of another variant is left out: optiml takes stages, not VICRegL's weights
+    command = _launch(manager, "optiml", "optiml", commands, stages="2 3 4", vicregl_alpha=0.5, num_matches="10 2")
+    assert "--stages" in command and "--num-matches" not in command
+    assert not any(a.startswith("--vicregl-alpha") for a in command)
+    job = manager.list_jobs()[0]
+    assert "--stages 2 3 4" in job_detail(manager, job.id, "session:a")[0]  # shown in the job's details
+    queued = len(manager.list_jobs())
+    for options, expected in [({"stages": "3"}, "must include 4"), ({"stages": "5 4"}, "at most 4"),
+                              ({"stages": "three"}, "must be a number"), ({"vicregl_alpha": 1.5}, "at most 1"),
+                              ({"num_matches": "20"}, "takes 2 numbers"), ({"num_matches": "0 4"}, "at least 1")]:
+        variant = "vicregl" if "stages" not in options else "optiml"
+        message = _error(lambda: _launch(manager, "optiml", variant, [], **options))
+        assert expected in message and "\n" not in message, (options, message)
+    assert len(manager.list_jobs()) == queued  # nothing was queued
+    with pytest.raises(JobError, match="vicreg has no dense terms"):  # a direct (API) submission too
+        manager.submit("optiml", {"dataset": "synthetic", "method": "vicreg", "stages": [3, 4]})
+
+
+def test_kmat_options_reach_the_command_and_descriptions_stay_under_the_data_root(tmp_path):
+    commands: list = []
+    root = tmp_path / "data"
+    manager = _recording_manager(tmp_path / "home", root, commands)
+    task = _folder_task(root / "pair")
+    shutil.copy(Path(__file__).parents[1] / "assets" / "descriptions" / "synthetic.json", root / "pair.json")
+    command = _launch(manager, "kmat", "kmat", commands, dataset="pair", descriptions="pair.json", kgcoop_lambda=3.0)
+    assert f"--descriptions={(root / 'pair.json').resolve()}" in command
+    assert not any(a.startswith("--kgcoop-lambda") for a in command)  # KgCoOp's weight: not kmat's
+    command = _launch(manager, "kmat", "kgcoop", commands, kgcoop_lambda=3.0, descriptions="")
+    assert "--kgcoop-lambda=3.0" in command and not any(a.startswith("--descriptions") for a in command)
+    assert build_parser().parse_args(command[3:]).kgcoop_lambda == 3.0
+    command = _launch(manager, "kmat", "biomedcoop", commands, dataset="pair", descriptions="pair.json",
+                      biomedcoop_lambda1=2.0, biomedcoop_tau=1.0)
+    assert {"--biomedcoop-lambda1=2.0", "--biomedcoop-tau=1.0"} <= set(command)
+    assert not any(a.startswith("--biomedcoop-lambda2") for a in command)
+    detail = job_detail(manager, manager.list_jobs()[0].id, "session:a")[0]
+    assert "--descriptions pair.json" in detail and str(root) not in detail
+    queued = len(manager.list_jobs())
+    outside = tmp_path / "outside.json"
+    shutil.copy(root / "pair.json", outside)
+    for path in (str(outside), "../outside.json"):
+        message = _error(lambda: _launch(manager, "kmat", "kmat", [], dataset="pair", descriptions=path))
+        assert "outside the data root" in message and "\n" not in message, message
+    assert "at least 1" in _error(lambda: _launch(manager, "kmat", "cocoop", [], cocoop_width=0))
+    assert "must be at least 0" in _error(lambda: _launch(manager, "kmat", "kgcoop", [], kgcoop_lambda=-1))
+    assert len(manager.list_jobs()) == queued
+    assert task.is_dir()

@@ -61,6 +61,9 @@ def test_predict_zero_shot_on_photographs(tmp_path, capsys):
         (["predict", "{text}", "--labels", "a,b"], "not an image"),
         (["predict", "{image}", "--labels", "only-one"], "at least two"),
         (["predict", "{image}", "--labels", "a,b", "--backbone", "nonsense"], "unknown backbone"),
+        (["predict", "{image}", "--labels", "a,b", "--backbone", "lite", "--device", "gpu0"], "not a torch device"),
+        (["predict", "{image}", "--labels", "a,b", "--backbone", "lite", "--device", "cuda:99"], "--device cuda:99"),
+        (["synth", "--out", "{image}/sub"], "{image}/sub"),  # a folder that cannot be created
     ],
 )
 def test_user_errors_are_one_plain_line(tmp_path, capsys, args, message):
@@ -69,7 +72,8 @@ def test_user_errors_are_one_plain_line(tmp_path, capsys, args, message):
     paths = {"missing": str(tmp_path / "nope.png"), "text": str(tmp_path / "notes.png"), "image": str(tmp_path / "ok.png")}
     assert main([a.format(**paths) for a in args]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("medot: error: ") and message in err.lower()
+    assert err.startswith("medot: error: ") and message.format(**paths).lower() in err.lower()
+    assert err.count("\n") == 1
     assert "Traceback" not in err
 
 
@@ -129,3 +133,23 @@ def test_synth_writes_the_benchmark(tmp_path):
     assert len(list((tmp_path / "synth" / "kmat").rglob("*.png"))) == 18
     again = _run("synth", "--out", str(tmp_path / "synth"), "--n-per-class", "2", "--size", "64", "--quiet")
     assert again.returncode == 2 and again.stderr.startswith("medot: error: ") and "at least" in again.stderr
+
+
+def test_synth_refuses_a_bad_pretraining_pool_before_writing_anything(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "s"), "--size", "32", "--n-per-class", "3", "--quiet",
+                 "--pretraining-pool", "-1"]) == 2
+    assert "--pretraining-pool -1" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sub_command_help_says_what_the_command_does_and_what_it_reads(capsys):
+    """`medot synth --help` and `medot backbones --help` printed only their options; `predict-anomaly
+    --help` named PRADOT / PatchCore checkpoints only, though it reads MADPOT / MVFA ones too."""
+    for argv, words in ((["synth", "--help"], ("not clinical data", "--task OUT", "smallest set: --size 32")),
+                        (["backbones", "--help"], ("what 'auto' resolves to",)),
+                        (["predict-anomaly", "--help"], ("MADPOT / MVFA one",))):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert all(word in text for word in words), (argv, text)

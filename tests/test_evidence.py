@@ -74,3 +74,21 @@ def test_result_rows_of_a_prompt_classifier_and_of_an_anomaly_detector():
     assert rows == [("image AUROC", 0.9, 0.5), ("AU-PRO up to FPR 0.3", 0.6, 0.15),
                     ("AU-PRO up to FPR 0.05", 0.2, 0.025)]
     assert result_rows({}) == []
+
+
+def test_the_result_card_writes_accuracy_in_percent_as_the_classify_tab_and_auroc_as_a_fraction(tmp_path):
+    """The Train tab's card showed "accuracy, CT | 0.000 | 0.333" where the Classify tab and the CLI
+    write percentages; AUROC / AU-PRO stay in [0, 1]."""
+    import json
+    from types import SimpleNamespace
+
+    from app.train import result_card
+
+    model = tmp_path / "model.safetensors"
+    model.with_suffix(".json").write_text(json.dumps(META))
+    card = result_card(SimpleNamespace(id=3, method="kmat", checkpoint_path=str(model)))
+    assert "| macro-F1, Mammography | 80.0 % | 50.0 % |" in card
+    assert "| accuracy, Ultrasound | 62.5 % | 50.0 % |" in card
+    model.with_suffix(".json").write_text(json.dumps({"method": "pradot", "metrics": {"image_auroc": 0.9}}))
+    card = result_card(SimpleNamespace(id=4, method="pradot", checkpoint_path=str(model)))
+    assert "| image AUROC | 0.900 | 0.500 |" in card

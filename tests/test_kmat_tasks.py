@@ -463,3 +463,22 @@ def test_a_kmat_job_accepts_a_task_folder_and_refuses_a_plain_class_folder(tmp_p
     check_job_dataset("kmat", str(root), tmp_path / "home", tmp_path / "data")  # accepted
     with pytest.raises(JobError, match=r"not on one folder .* is not a task folder"):
         check_job_dataset("kmat", str(root / "ct" / "train"), tmp_path / "home", tmp_path / "data")
+
+
+def test_the_output_of_medot_synth_is_a_task_by_its_folder(tmp_path):
+    """`medot synth --out DIR` then `--task DIR` (or DIR/kmat): the synthetic task read from DIR,
+    not a refusal for lacking train/val/test folders (its splits are JSON files)."""
+    from medot.data.synthetic import write_synthetic_benchmark
+
+    root = write_synthetic_benchmark(tmp_path / "synth", n_per_class=3, size=32, progress=False).root
+    for given in (root, root / "kmat"):
+        task = resolve_task(str(given))
+        assert task.name == "synthetic" and tuple(task.classes) == ("nodule", "normal", "opacity")
+        assert Path(task.high.root).resolve() == (root / "kmat" / "ct").resolve()
+        assert Path(task.low.root).resolve() == (root / "kmat" / "xray").resolve()
+    with pytest.raises(DatasetLayoutError, match=f"fewer than --shots 2.*'medot synth --out {root} --n-per-class 6'"):
+        task.high_end_data(shots=2, seed=1)  # 3 cases per class hold 1 training case; the hint asks for enough
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(TaskError, match="not a task folder"):  # an interrupted output is not rewritten
+        resolve_task(str(root))

@@ -4,6 +4,8 @@ with a tiny pretrained OPTiML model in its models folder: the figures it reports
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("gradio_client")
@@ -42,7 +44,8 @@ def test_dense_correspondences_view_reports_the_library_figures(served):
 
     client, model = served
     image = next(path for path in example_images() if path.suffix == ".png")
-    plot, summary = client.predict(handle_file(str(image)), str(model), 3, 5, api_name="/dense_correspondences")
+    plot, summary = client.predict(handle_file(str(image)), "models/optiml/tiny/model.safetensors", 3, 5,
+                                   api_name="/dense_correspondences")  # the id the list offers
     checkpoint = load_checkpoint(model)
     expected = dense_correspondences(load_task(checkpoint.tensors, checkpoint.meta).model, read_image(image).pixels,
                                      seed=3, top_k=5)
@@ -79,10 +82,11 @@ def test_classify_tab_predicts_with_a_saved_probe_classifier(tmp_path):
     choices = dict((value, label) for label, value in classifier_choices(settings))
     saved = [path for path in choices if path.endswith("linear-100pct-seed1.safetensors")]
     assert len(saved) == 1 and "linear-probe" in choices[saved[0]]
+    assert not Path(saved[0]).is_absolute() and (home / saved[0]).is_file()  # an id relative to MEDOT_HOME
     image = sorted((data / "test" / "textured").glob("*.png"))[0]
     probabilities, view, info = classify(None, PredictorCache(None), settings, str(image), "", "lite", saved[0], "")
     assert set(probabilities) == {"flat", "textured"}
-    expected = ProbeClassifier(saved[0]).predict_proba([read_image(image).pixels])[0]
+    expected = ProbeClassifier(home / saved[0]).predict_proba([read_image(image).pixels])[0]
     assert probabilities["textured"] == pytest.approx(float(expected[1]), abs=1e-6)
     assert "linear-probe classifier on encoder tiny" in info
 
@@ -99,7 +103,7 @@ def test_embedding_maps_handler_draws_two_maps_and_confines_the_folder(served, t
     from medot.data.synthetic import write_pretraining_set
 
     write_pretraining_set(tmp_path / "probe", n_pool=2, n_per_class=4, size=40, progress=False)
-    before, after = embedding_maps(settings, str(model), "probe/labelled", "tsne")
+    before, after = embedding_maps(settings, model.relative_to(home).as_posix(), "probe/labelled", "tsne")
     assert "Before" in before.layout.title.text and "After" in after.layout.title.text
     with pytest.raises(gr.Error, match="outside the data root"):
         embedding_maps(settings, str(model), "/etc", "tsne")

@@ -309,6 +309,10 @@ def test_dense_correspondences_of_a_trained_model(pretrained):
     assert again.truth == found.truth and np.array_equal(again.view_t, found.view_t)
     figure = correspondence_figure(found)
     assert sum(trace.line.color == "lime" for trace in figure.data[1:]) == 5
+    # a title that fits a half-width plot (one long line was cut in the app), numbers as the app's summary
+    lines = figure.layout.title.text.split("<br>")
+    assert len(lines) == 2 and all(len(line) <= 64 for line in lines)
+    assert f"OT {found.agree_ot:.3f}, nearest neighbour {found.agree_nn:.3f}" in lines[1]
 
 
 def test_synth_writes_the_pretraining_pool_and_probe_set(tmp_path, capsys):

@@ -251,3 +251,25 @@ def test_unrolled_value_gradient_is_its_derivative_and_the_plan_fixed_one_is_not
     leaf = Y.clone().requires_grad_()
     (plan_fixed,) = torch.autograd.grad(value(leaf, "envelope").value_plan_fixed, leaf)
     assert float((unrolled - plan_fixed).norm() / unrolled.norm()) > 0.05
+
+
+def test_float32_large_structure_matrices_warn_once_with_the_fix_and_the_fix_converges():
+    """Issue #16 item 4: float32 FGW on structure matrices in the tens (here up to 70, epsilon 0.5)
+    used to run out its budget silently; it now warns once, naming the fixes, and the float64 fix
+    with a larger inner budget converges without a warning. (The two plans need not be close: FGW
+    is non-convex and the unconverged float32 iterate heads for another sharp local optimum.)"""
+    from medot.errors import OTConvergenceWarning
+
+    X, Y = embeddings(8, 7, 3, seed=5, scale=2.0)
+    M, C1, C2 = fgw_costs(X, Y)
+    assert 60.0 < float(C1.max()) < 80.0
+    options = {"alpha": 0.5, "epsilon": 0.5, "max_iter": 30, "inner_max_iter": 200}
+    with pytest.warns(OTConvergenceWarning, match=r"rescale C1 and C2 .*or use float64") as caught:
+        single = entropic_fused_gromov_wasserstein(M.float(), C1.float(), C2.float(), **options)
+    assert len([w for w in caught if issubclass(w.category, OTConvergenceWarning)]) == 1
+    assert not bool(single.diagnostics.converged)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fixed = entropic_fused_gromov_wasserstein(M, C1, C2, **{**options, "inner_max_iter": 5000})
+    assert bool(fixed.diagnostics.converged)
+    assert float(fixed.diagnostics.marginal_error) < 1e-5

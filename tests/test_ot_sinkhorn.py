@@ -322,6 +322,7 @@ def test_one_exponentiation_loop_gives_the_log_sum_exp_iterates(monkeypatch, row
     import medot.ot._kernels as kernels
 
     monkeypatch.setattr(kernels, "_BLOCK_ELEMENTS_CPU", 1000)  # several blocks even for small problems
+    monkeypatch.setattr(kernels, "SCALING_MIN_ELEMENTS", 0)
     fallbacks = []
     original = kernels.scaling_pair
 

@@ -324,3 +324,17 @@ def test_save_overlay_png_round_trip(tmp_path):
         save_overlay_png(tmp_path / "overlay.jpg", image, anomaly_map)
     with pytest.raises(VisualizationError, match="does not exist"):
         save_overlay_png(tmp_path / "missing" / "overlay.png", image, anomaly_map)
+
+
+@pytest.mark.parametrize(("threshold", "height"), [(1.0, 224), (1.0, 96), (0.5, 224), (None, 224)])
+def test_colour_bar_unit_never_covers_a_tick_label(threshold, height):
+    """The unit ("x image / max") is written where no tick is: at the bar's middle it hid the
+    calibrated threshold 1 of the [0, 2] scale."""
+    from medot.viz.anomaly_panel import BAR_WIDTH, colour_bar
+
+    plain = colour_bar(height, 2.0, "", threshold=threshold)
+    with_unit = colour_bar(height, 2.0, "x image\nmax", threshold=threshold)
+    unit_rows = np.flatnonzero((plain != with_unit).any(axis=(1, 2)))
+    assert unit_rows.size  # the unit is drawn
+    tick_rows = set(np.flatnonzero((plain[:, BAR_WIDTH + 6:] < 128).any(axis=(1, 2))).tolist())  # dark label text
+    assert tick_rows.isdisjoint(unit_rows.tolist())

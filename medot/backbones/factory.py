@@ -18,7 +18,7 @@ from medot.backbones.status import (  # noqa: F401 - re-exported for the callers
     check_loadable,
     resolve_auto,
 )
-from medot.errors import BackboneUnavailableError
+from medot.errors import BackboneUnavailableError, MedotError
 
 if TYPE_CHECKING:
     import torch
@@ -27,12 +27,32 @@ if TYPE_CHECKING:
 
 
 def default_device(name: str | None = None) -> str:
-    """``name`` as given, or for ``None`` / ``""`` / ``"auto"``: CUDA when present, else CPU."""
+    """``name`` as given (checked by :func:`check_device`), or for ``None`` / ``""`` / ``"auto"``:
+    CUDA when present, else CPU."""
     if name and name != "auto":
-        return name
+        return check_device(name)
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(name: str) -> str:
+    """``name`` when it is a torch device this machine has, else a one-line :class:`MedotError`
+    (a misspelt name, CUDA without a usable GPU, a GPU index past the last one) instead of the
+    traceback torch would raise on the first ``.to(name)``."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise MedotError(f"--device {name!r} is not a torch device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise MedotError(f"--device {name}: no CUDA GPU is usable on this machine; use --device cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise MedotError(f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return name
 
 
 def create_backbone(
@@ -50,8 +70,7 @@ def create_backbone(
             "backbone ('lite', 'biomedclip', an open_clip model); encoders serve PRADOT, PatchCore and "
             "'medot eval linear|finetune'"
         )
-    if device is None:
-        device = default_device()
+    device = default_device(device)
     if name.startswith(ENCODER_PREFIX):
         from medot.backbones.encoder import load_encoder_backbone
 

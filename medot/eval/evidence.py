@@ -173,6 +173,15 @@ class ResultRow:
     metric: str
     value: float
     chance: float | None
+    #: shown as a percentage (accuracy, macro-F1: as the Classify tab and the CLI write them) or as a
+    #: number in [0, 1] (AUROC, AU-PRO, conventionally so)
+    percent: bool = False
+
+    def shown(self, value: float | None) -> str:
+        """``value`` (this row's value or chance level) as the card writes it."""
+        if value is None:
+            return ""
+        return f"{100 * value:.1f} %" if self.percent else f"{value:.3f}"
 
 
 #: anomaly metrics written by ``medot train pradot``: name -> (words, chance level). A random map
@@ -194,7 +203,8 @@ def result_rows(meta: Mapping[str, Any]) -> list[ResultRow]:
             value = metrics.get(f"{key}_{_SUFFIX[side]}")
             if value is not None:
                 modality = display_name(str(modalities.get(side, side)))
-                rows.append(ResultRow(f"{words}, {modality}", float(value), chance_level(len(classes)) if classes else None))
+                rows.append(ResultRow(f"{words}, {modality}", float(value),
+                                            chance_level(len(classes)) if classes else None, percent=True))
     for key, words in _ANOMALY_METRICS.items():
         if metrics.get(key) is not None:
             rows.append(ResultRow(words, float(metrics[key]), 0.5))

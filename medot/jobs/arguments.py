@@ -30,15 +30,19 @@ KMAT_PAPER_TASKS = ("skin_midas", "skin_derm7pt", "breast", "chest")
 @dataclass(frozen=True)
 class Argument:
     """One accepted argument. ``kind``: "int"/"float" (within [``minimum``, ``maximum``]),
+    "ints" (a list of whole numbers, each within [``minimum``, ``maximum``], of ``count`` items
+    when set, holding every number of ``required``; an ``nargs`` option such as ``--stages 3 4``),
     "choice" (one of ``choices``), "flag" (a bool; True passes ``--name``), "path" (inside the data
     root), "dataset" (a path inside the data root, :data:`SYNTHETIC`, or one of ``choices``:
     named datasets such as K-MaT's paper tasks) or "name" (a folder name such as an MVFA object:
     letters, digits, ``_``, ``-``, ``.``, not starting with ``-`` or ``.``)."""
 
-    kind: Literal["int", "float", "choice", "flag", "path", "dataset", "name"]
+    kind: Literal["int", "float", "ints", "choice", "flag", "path", "dataset", "name"]
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    count: int | None = None
+    required: tuple[int, ...] = ()
 
 
 #: what every training command accepts (the data - ``--dataset`` - and the run's settings)
@@ -97,6 +101,10 @@ METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
         "epsilon": Argument("float", 1e-3, 10.0),
         "image_size": Argument("int", 32, 1024),
         "lr": Argument("float", 1e-8, 100.0),
+        # dense stages by ResNet stage number, always with 4 (medot.methods.optiml.config.STAGES)
+        "stages": Argument("ints", 2, 4, required=(4,)),
+        "vicregl_alpha": Argument("float", 0.0, 1.0),
+        "num_matches": Argument("ints", 1, 4096, count=2),
     },
 }
 
@@ -133,20 +141,27 @@ def validate_arguments(
         raise JobError(
             f"{method} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}"
         )
-    return {
+    checked = {
         name: _check(name, value, accepted[name], data_root)
         for name, value in arguments.items()
         if value is not None
     }
+    if method == "optiml" and checked.get("method") == "vicreg" and set(checked.get("stages", [4])) != {4}:
+        raise JobError("stages: vicreg has no dense terms, so stages other than 4 do not apply")
+    return checked
 
 
 def cli_flags(arguments: Mapping[str, Any]) -> list[str]:
-    """``{"batch_size": 8, "amp": True}`` -> ``["--batch-size=8", "--amp"]`` (False flags omitted)."""
+    """``{"batch_size": 8, "amp": True, "stages": [3, 4]}`` -> ``["--batch-size=8", "--amp", "--stages",
+    "3", "4"]`` (False flags omitted; a list's items follow its option: checked whole numbers, never
+    negative, so none can be read as an option)."""
     flags = []
     for name, value in arguments.items():
         option = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             flags.extend([option] if value else [])
+        elif isinstance(value, (list, tuple)):
+            flags.extend([option, *(str(item) for item in value)])
         else:
             flags.append(f"{option}={value}")
     return flags
@@ -155,6 +170,8 @@ def cli_flags(arguments: Mapping[str, Any]) -> list[str]:
 def _check(name: str, value: Any, argument: Argument, data_root: Path) -> Any:
     if argument.kind in ("int", "float"):
         return _check_number(name, value, argument)
+    if argument.kind == "ints":
+        return _check_numbers(name, value, argument)
     if argument.kind == "flag":
         if not isinstance(value, bool):
             raise JobError(f"{name} must be true or false, got {value!r}")
@@ -200,3 +217,19 @@ def _check_number(name: str, value: Any, argument: Argument) -> int | float:
     if argument.maximum is not None and number > argument.maximum:
         raise JobError(f"{name} must be at most {argument.maximum:g}, got {value!r}")
     return number
+
+
+def _check_numbers(name: str, value: Any, argument: Argument) -> list[int]:
+    """A list of whole numbers (or their text, space- or comma-separated), each in the argument's
+    range, of its ``count`` items when set, holding its ``required`` numbers."""
+    items = re.split(r"[\s,]+", value.strip()) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not [item for item in items if item != ""]:
+        raise JobError(f"{name} must be whole numbers separated by spaces, got {value!r}")
+    single = replace(argument, kind="int")
+    numbers = [_check_number(name, item, single) for item in items if item != ""]
+    if argument.count is not None and len(numbers) != argument.count:
+        raise JobError(f"{name} takes {argument.count} numbers, got {len(numbers)} ({value!r})")
+    missing = [k for k in argument.required if k not in numbers]
+    if missing:
+        raise JobError(f"{name} must include {', '.join(map(str, missing))}, got {value!r}")
+    return numbers

@@ -119,6 +119,7 @@ from medot.ot._inputs import (
     unbatch_record,
     warn_unconverged,
 )
+from medot.ot import _kernels
 from medot.ot._kernels import (
     batch_inner,
     exponentiate_plan,
@@ -254,7 +255,7 @@ def _row_major_loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stopping)
         if _check_columns(stopping, b, ratio, completed, tol):
             break
         psi = stopping.keep(psi_new, psi)
-        pair = scaling_pair(log_kernel, phi, psi, a, b)
+        pair = scaling_pair(log_kernel, phi, psi, a, b, stopping.active)
         if pair is None:
             phi_new = _row_update(log_kernel, log_b, psi)
             psi_new = _column_update(log_kernel, log_a, phi_new)
@@ -274,7 +275,7 @@ def _column_major_loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stoppi
     transposed = log_kernel.transpose(-1, -2)
     completed = 0
     for completed in range(max_iter):
-        pair = scaling_pair(transposed, psi, phi, b, a)
+        pair = scaling_pair(transposed, psi, phi, b, a, stopping.active)
         if pair is None:
             psi_new, phi_new = _column_update(log_kernel, log_a, phi), None
             ratio = torch.exp(psi - psi_new)
@@ -292,8 +293,10 @@ def _column_major_loop(log_kernel, log_a, log_b, phi, psi, max_iter, tol, stoppi
 
 
 def _fusable(log_kernel: Tensor, *vectors: Tensor) -> bool:
-    """The one-exponentiation loops: CPU (their range test is a sync), nothing to record, dense storage."""
-    if log_kernel.device.type != "cpu":
+    """The one-exponentiation loops: CPU (their range test is a sync), nothing to record, dense
+    storage, and at least :data:`~medot.ot._kernels.SCALING_MIN_ELEMENTS` kernel entries (below
+    that, e.g. K-MaT's 6 x 6 FGW, per-op overhead dominates and the reductions are faster)."""
+    if log_kernel.device.type != "cpu" or log_kernel.numel() < _kernels.SCALING_MIN_ELEMENTS:
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in (log_kernel, *vectors)):
         return False

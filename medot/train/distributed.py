@@ -143,7 +143,9 @@ def resolve_device(name: str | None) -> torch.device:
         if not torch.cuda.is_available():
             return torch.device("cpu")
         name = "cuda"
-    device = torch.device(name)
+    from medot.backbones.factory import check_device
+
+    device = torch.device(check_device(name))
     if device.type == "cuda" and device.index is None:
         index = int(os.environ.get("LOCAL_RANK", 0)) if is_distributed() else torch.cuda.current_device()
         return torch.device("cuda", index)

@@ -35,12 +35,22 @@ def colour_bar(height: int, vmax: float, unit: str, *, threshold: float | None =
     ticks = [(vmax, f">={vmax:g}"), (0.0, "0")]
     if threshold is not None and 0.0 < threshold < vmax:
         ticks.append((threshold, f"{threshold:g}"))
+    label_rows = []  # (top, bottom) of each tick label
     for value, text in ticks:
         y = int(round((1.0 - value / vmax) * (height - 1)))
         draw.line([(BAR_WIDTH, y), (BAR_WIDTH + 4, y)], fill=(0, 0, 0))
-        draw.text((BAR_WIDTH + 6, min(max(0, y - 5), height - 12)), text, fill=(0, 0, 0), font=font)
-    for line, text in enumerate(unit.split("\n")):
-        draw.text((BAR_WIDTH + 6, height // 2 - 14 + 12 * line), text, fill=(60, 60, 60), font=font)
+        top = min(max(0, y - 5), height - 12)
+        draw.text((BAR_WIDTH + 6, top), text, fill=(0, 0, 0), font=font)
+        label_rows.append((top, top + 12))
+    # the unit goes in the widest free gap between tick labels (at the middle it covered the
+    # calibrated threshold 1 of the default [0, 2] scale)
+    lines = unit.split("\n")
+    edges = sorted(label_rows)
+    gaps = [(edges[i][1], edges[i + 1][0]) for i in range(len(edges) - 1)]
+    start, end = max(gaps, key=lambda gap: gap[1] - gap[0])
+    first = max(start, (start + end - 12 * len(lines)) // 2)
+    for line, text in enumerate(lines):
+        draw.text((BAR_WIDTH + 6, first + 12 * line), text, fill=(60, 60, 60), font=font)
     return np.asarray(canvas)
 
 

@@ -6,6 +6,7 @@ Fig. 1, the authors' previous method MadCLIP, MVFA, or the issue that specified 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -144,15 +145,18 @@ class MadpotConfig:
             problems.append(f"n_prompts and n_ctx must be >= 1 (got {self.n_prompts}, {self.n_ctx})")
         if not 0 < self.mass <= 1:
             problems.append(f"the transported mass must be in (0, 1], got {self.mass}")
-        if self.epsilon <= 0 or self.ot_iterations < 1:
+        # written as `not x > 0` so that NaN (every comparison False) is refused too
+        if not math.isfinite(self.epsilon) or not self.epsilon > 0 or self.ot_iterations < 1:
             problems.append(f"epsilon must be > 0 and ot_iterations >= 1 (got {self.epsilon}, {self.ot_iterations})")
         if not (self.pot or self.cl):
             problems.append("MADPOT needs at least one of its branches: drop --no-pot or --no-cl")
-        if self.lambda_cl < 0 or self.lambda_diversity < 0:
-            problems.append("lambda_cl and lambda_diversity must be >= 0")
-        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or not 1 <= self.views <= 16:
+        if not (math.isfinite(self.lambda_cl) and self.lambda_cl >= 0
+                and math.isfinite(self.lambda_diversity) and self.lambda_diversity >= 0):
+            problems.append(f"lambda_cl and lambda_diversity must be finite and >= 0 "
+                            f"(got {self.lambda_cl}, {self.lambda_diversity})")
+        if not math.isfinite(self.lr) or not self.lr > 0 or self.batch_size < 1 or self.epochs < 1 or not 1 <= self.views <= 16:
             problems.append(
-                f"need lr > 0, batch_size >= 1, epochs >= 1 and 1 <= views <= 16 "
+                f"need a finite lr > 0, batch_size >= 1, epochs >= 1 and 1 <= views <= 16 "
                 f"(got {self.lr}, {self.batch_size}, {self.epochs}, {self.views})"
             )
         if not 0 <= self.memory_weight <= 1:

@@ -47,7 +47,7 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
     train.add_argument("--eta", type=float, default=1.0, help="weight of the covariance terms (default: 1)")
     train.add_argument(
         "--global-weight", type=float, default=None,
-        help="weight of the global VICReg term on pooled features (default: 0 for optiml, 1 for the baselines)",
+        help="weight of the global VICReg term on pooled features (default: 0 for optiml, 1 for vicreg, --vicregl-alpha for vicregl)",
     )
     train.add_argument(
         "--stages", type=int, nargs="+", default=[4], metavar="K",

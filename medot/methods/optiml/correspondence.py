@@ -113,8 +113,11 @@ def correspondence_figure(result: Correspondences, title: str = ""):
                                         line={"color": "orange", "width": 1, "dash": "dash"},
                                         hovertext=f"true correspondence of patch {i}: {true}"))
     figure.update_layout(
-        title=title or f"OT matches (green) vs true correspondence (orange, dashed); mass on overlapping "
-        f"patches: OT {result.agree_ot:.2f}, nearest neighbour {result.agree_nn:.2f}",
-        xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"}, margin={"l": 0, "r": 0, "t": 40, "b": 0},
+        # two short lines: one line ran past the app's half-width plot and was cut; numbers as the
+        # app's summary line writes them (3 decimals)
+        title={"text": title or f"OT matches (green) vs true correspondence (orange, dashed)<br>"
+               f"mass on overlapping patches: OT {result.agree_ot:.3f}, nearest neighbour {result.agree_nn:.3f}",
+               "font": {"size": 14}},
+        xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"}, margin={"l": 0, "r": 0, "t": 64, "b": 0},
     )
     return figure

@@ -76,7 +76,9 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
     )
     predict.add_argument("images", nargs="+", help="PNG/JPEG/BMP/TIFF/DICOM/.npy files")
     predict.add_argument("--model", required=True,
-                         help="PRADOT or PatchCore checkpoint (<out>/model or <out>/patchcore, with or without suffix)")
+                         help="PRADOT or PatchCore checkpoint (<out>/model or <out>/patchcore of 'medot train "
+                         "pradot'), or a MADPOT / MVFA one (<out>/model of 'medot train madpot'); with or without "
+                         "suffix")
     predict.add_argument("--out", default=".", help="folder for <image>_<method>.png / .npy (default: .)")
     predict.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     predict.add_argument("--json", action="store_true", help="print machine-readable JSON")

@@ -196,7 +196,9 @@ class CrossModalTask:
         if short and not isinstance(shots, bool) and isinstance(shots, int) and shots >= 1:
             cls, count = short[0]
             others = "".join(f", {c!r} has {n}" for c, n in short[1:])
-            hint = f" or delete {self.high.root.parents[1]} to regenerate it" if self.name == SYNTHETIC else ""
+            # about half of a synthetic set's cases per class are training cases (medot.data.synthetic)
+            hint = (f" or write a larger set: 'medot synth --out {self.high.root.parents[1]} --n-per-class "
+                    f"{2 * shots + 2}'" if self.name == SYNTHETIC else "")
             raise DatasetLayoutError(
                 f"task {self.name!r}: class {cls!r} has {count} image(s) in the {self.modalities[0]} train split "
                 f"({self.high.source('train')}){others}, fewer than --shots {shots}; use --shots "
@@ -281,6 +283,8 @@ def resolve_task(
         return synthetic_task(settings.home / SYNTHETIC)
     if text in PAPER_TASKS:
         return paper_task(text, settings.data_root)
+    if path.is_dir() and descriptions is None and (synthetic_root := _synthetic_output_root(path)) is not None:
+        return synthetic_task(synthetic_root)
     if path.is_dir():
         return folder_task(path, descriptions)
     if path.is_file():
@@ -350,6 +354,22 @@ def folder_task(root: Path, descriptions: str | os.PathLike[str] | None = None) 
         low=ModalityData(low_dir, split_folders=True),
         modality_names=description_set.modalities if description_set is not None else modalities,
     )
+
+
+def _synthetic_output_root(path: Path) -> Path | None:
+    """The root of a complete ``medot synth --out ROOT`` output when ``path`` is ``ROOT`` or its
+    ``kmat`` folder (the synthetic task's layout is split files, not train/val/test folders), else None."""
+    from medot.data.synthetic import GENERATOR_ID, KMAT_DIR, MANIFEST_NAME
+
+    for root in (path, path.parent) if path.name == KMAT_DIR else (path,):
+        try:
+            manifest = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (isinstance(manifest, dict) and manifest.get("generator") == GENERATOR_ID
+                and manifest.get("complete") is True and (root / KMAT_DIR).is_dir()):
+            return root
+    return None
 
 
 def synthetic_task(root: Path) -> CrossModalTask:
