@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
+import medot
 from medot.data.io import DEFAULT_MAX_PIXELS, MedicalImage, read_image, validate_upload
 from medot.errors import MedotError
 
@@ -28,9 +29,12 @@ def set_upload_limits(max_pixels: int) -> None:
 
 def private_paths(home: str | os.PathLike, data_root: str | os.PathLike) -> dict[str, str]:
     """``{server path: name shown}`` for the app's folders: ``$MEDOT_DATA_ROOT``, ``$MEDOT_HOME``
-    (as given and resolved) and the Python interpreter (``python``), longest first."""
+    (as given and resolved), the folder medot is installed in (``$MEDOT_INSTALL``: its bundled files,
+    e.g. the example class descriptions, are named in job logs) and the Python interpreter
+    (``python``), longest first."""
     names: dict[str, str] = {}
-    for path, name in ((data_root, "$MEDOT_DATA_ROOT"), (home, "$MEDOT_HOME")):
+    install = Path(medot.__file__).resolve().parent.parent
+    for path, name in ((data_root, "$MEDOT_DATA_ROOT"), (home, "$MEDOT_HOME"), (install, "$MEDOT_INSTALL")):
         for variant in {str(Path(path)), str(Path(path).expanduser().resolve())}:
             if variant not in ("/", "."):
                 names.setdefault(variant, name)

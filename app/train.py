@@ -456,7 +456,7 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             launched = gr.Markdown()
         with gr.Column(scale=3):
             jobs = gr.Dataframe(job_rows(manager, NOBODY), headers=JOB_COLUMNS, label="Jobs", interactive=False,
-                                wrap=True, column_widths=["4%", "10%", "11%", "8%", "7%", "14%", "11%", "24%", "11%"],
+                                wrap=True, column_widths=["3%", "10%", "11%", "9%", "7%", "13%", "11%", "26%", "10%"],
                                 elem_id="jobs")
             job = gr.Dropdown([], label="Job (yours)", value=None, allow_custom_value=True)
             with gr.Row():

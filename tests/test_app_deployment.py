@@ -558,6 +558,12 @@ def test_the_jobs_table_and_errors_show_paths_relative_to_the_data_root_and_home
     finally:
         set_private_paths("/nonexistent-home", "/nonexistent-data")
     assert redact_paths(f"{home}/models/k.json", {str(home): "$MEDOT_HOME"}) == "$MEDOT_HOME/models/k.json"
+    # a K-MaT job's log names the bundled descriptions file: the install folder is shown by name
+    import medot
+    from app.feedback import private_paths
+    bundled = Path(medot.__file__).resolve().parent.parent / "assets" / "descriptions" / "chest.json"
+    shown = redact_paths(f"descriptions: N_p = 22 ({bundled})", private_paths(home, root))
+    assert shown == "descriptions: N_p = 22 ($MEDOT_INSTALL/assets/descriptions/chest.json)"
 
 
 # --------------------------------------------------------------------------- data root and datasets
