@@ -167,6 +167,52 @@ def test_model_selection_never_reads_the_test_labels(tmp_path):
     assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
 
 
+def test_a_feature_constant_on_the_training_images_changes_no_prediction():
+    """Pooled ReLU features are often exactly zero on every training image (605 of lite's 1280 at
+    64 px on the synthetic probe set) yet fire on an unseen one. Divided by their zero training
+    spread (formerly clamped at 1e-6) they reached 1e5-1e6 and saturated every logit: the probe
+    predicted one class for all test images. Now they are ignored: firing changes nothing."""
+    torch.manual_seed(0)
+    n, dim = 20, 12
+    labels = {split: torch.arange(n) % 2 for split in ("train", "val", "test")}
+    features = {split: torch.randn(n, dim) for split in labels}
+    for split, y in labels.items():
+        features[split][:, 0] += 6.0 * y  # separable on feature 0
+        features[split][:, 1:5] = 0.0  # silent on every training, validation and test image
+    result = run_probe(features, labels, ("a", "b"), list(range(n)), 1, ProbeRun(epochs=30, patience=10, device="cpu"))
+    firing = features["test"].clone()
+    firing[:, 1:5] = 0.05 * torch.rand(n, 4)  # the silent features fire on the test images
+    silent_p, firing_p = result.classifier.probabilities(features["test"]), result.classifier.probabilities(firing)
+    np.testing.assert_allclose(firing_p, silent_p, rtol=0, atol=1e-12)
+    assert torch.isinf(result.classifier.feature_std[1:5]).all()
+
+
+def test_the_probe_does_not_amplify_a_near_silent_feature_beyond_ten_times_a_typical_one():
+    from medot.eval.probe import SPREAD_FLOOR, _statistics
+
+    torch.manual_seed(0)
+    x = torch.randn(20, 6)
+    x[:, 1] = 1e-4 * torch.randn(20)  # varies, barely
+    x[:, 2] = 3.0  # constant
+    mean, spread = _statistics(x)
+    varying = [0, 1, 3, 4, 5]
+    typical = x[:, varying].std(0).mean()
+    torch.testing.assert_close(mean, x.mean(0))
+    assert SPREAD_FLOOR == 0.1 and spread[1].item() == pytest.approx(0.1 * typical.item(), rel=1e-5)
+    torch.testing.assert_close(spread[[0, 3, 4, 5]], x[:, [0, 3, 4, 5]].std(0).clamp_min(0.1 * typical))
+    assert torch.isinf(spread[2]) and torch.isfinite(spread[varying]).all()
+    assert torch.equal(_statistics(x[:1])[1], torch.ones(6))  # one row: nothing to estimate
+
+
+def test_the_probe_head_starts_as_vicregs_linear_evaluation():
+    """VICReg's evaluate.py: head weights N(0, 0.01^2), bias 0 (PyTorch's default U(+-1/sqrt(d))
+    is larger than what 100 AdamW steps at 3e-3 move it on a small set)."""
+    from medot.eval.probe import ProbeTask
+
+    torch.manual_seed(0)
+    task = ProbeTask(None, 4096, ("a", "b", "c"), (torch.empty(0), torch.empty(0)), {})
+    assert task.head.weight.std().item() == pytest.approx(0.01, rel=0.05) and not task.head.bias.any()
+
 def test_label_fractions_are_seeded_stratified_subsets(tmp_path):
     data = _write_separable(tmp_path / "sep", n_train=10)
     splits = load_labelled_splits(data, seed=0)
