@@ -287,8 +287,20 @@ def loss_curve(job: JobRecord, events: Sequence) -> go.Figure | None:
         return None
     figure = go.Figure(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name="loss"))
     figure.update_layout(title=f"Job {job.id}: training loss", xaxis_title="optimiser step", yaxis_title="loss",
-                         height=320, margin={"t": 40, "b": 40})
+                         height=320, margin={"t": 40, "b": 40}, xaxis=whole_number_axis([p[0] for p in points]))
     return figure
+
+
+def whole_number_axis(values: Sequence[float], most_ticks: int = 8) -> dict:
+    """Plotly axis settings with ticks on whole numbers only (steps, epochs): a 1-2-5 step of at
+    least 1 giving at most ``most_ticks`` ticks, a range padded by half a unit (Plotly's own ticks
+    on a one- or two-point curve were 0.2, 0.4, ... and -1 for step 0)."""
+    low, high = min(values), max(values)
+    step = 1
+    while (high - low) / step > most_ticks:
+        step = step * 5 // 2 if str(step).startswith("2") else step * 2  # 1, 2, 5, 10, 20, 50, ...
+    pad = max(0.5, 0.05 * (high - low))
+    return {"tickmode": "linear", "tick0": 0, "dtick": step, "tickformat": "d", "range": [low - pad, high + pad]}
 
 
 def stop_job(manager: JobManager, job_id: int | None, owner: str | None = None) -> str:

@@ -168,3 +168,19 @@ def test_kmat_options_reach_the_command_and_descriptions_stay_under_the_data_roo
     assert "must be at least 0" in _error(lambda: _launch(manager, "kmat", "kgcoop", [], kgcoop_lambda=-1))
     assert len(manager.list_jobs()) == queued
     assert task.is_dir()
+
+
+# --------------------------------------------------------------------------- loss curve axis
+@pytest.mark.parametrize("steps", [[0], [1], [0, 1], [0, 1, 2], [0, 7], [3, 40], [0, 12_345]])
+def test_the_loss_curve_has_ticks_on_whole_steps_only(steps):
+    """A one- or two-point loss curve had ticks 0.2, 0.4, ... (Plotly's automatic ticks): every tick
+    of the step axis is a whole number, at most 8 of them, every point inside the axis range."""
+    from app.train import loss_curve
+
+    events = [TrainEvent("step", 1, step, 1, {"loss": 1.0 / (1 + step)}) for step in steps]
+    axis = loss_curve(SimpleNamespace(id=7), events).layout.xaxis
+    low, high = axis.range
+    assert low < min(steps) and max(steps) < high and axis.tickmode == "linear" and axis.tickformat == "d"
+    assert float(axis.dtick).is_integer() and axis.dtick >= 1 and float(axis.tick0).is_integer()
+    ticks = [axis.tick0 + k * axis.dtick for k in range(-100, 100_000) if low <= axis.tick0 + k * axis.dtick <= high]
+    assert 1 <= len(ticks) <= 8 and all(float(t).is_integer() and t >= 0 for t in ticks), ticks
