@@ -135,6 +135,39 @@ def follow_job(manager: JobManager, message: str, viewer: str | None = None):
     return gr.update(choices=ids, value=int(match.group(1)))
 
 
+#: the launch line of a job that has left the queue, by :func:`job_phase`
+PHASE_LINES = {
+    "running": "is running",
+    "evaluating": "is evaluating its model on the test images",
+    "done": "finished; its result card is on the right",
+    "failed": "failed",
+    "cancelled": "was cancelled",
+    "interrupted": "was interrupted",
+}
+
+
+def launch_line(manager: JobManager, message: str, viewer: str | None = None) -> str:
+    """The line under the Launch button kept current: a ``"Job N ..."`` line (queued, resumed,
+    cancelled) becomes job N's state once it has left the queue (:data:`PHASE_LINES`; a failed
+    job's first error line), so "queued" does not stay on screen after the job has ended. Any
+    other line, a queued job's, and a line about a job the ``viewer`` may not see, are returned as
+    they are."""
+    match = re.match(r"Job (\d+) ", message or "")
+    if match is None:
+        return message
+    try:
+        job = manager.get(int(match.group(1)))
+    except JobError:
+        return message
+    phase = job_phase(manager, job)
+    if not _visible(job, viewer) or phase == "queued":
+        return message
+    line = f"Job {job.id} ({job.method}) {PHASE_LINES.get(phase, phase)}"
+    if phase == "failed" and job.error:
+        line += ": " + redact_paths(job.error.splitlines()[0], private_paths(manager.home, manager.data_root))
+    return line + "."
+
+
 def job_phase(manager: JobManager, job: JobRecord) -> str:
     """The job's status, ``evaluating`` for a running job whose training has ended."""
     if job.status == "running":
@@ -498,12 +531,14 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             return (current, *[gr.skip() for _ in model_dropdowns])
         return (current, *[gr.update(choices=choices()) for _, choices in model_dropdowns])
 
-    def tick(selected, seen, request: gr.Request):
+    def tick(selected, seen, line, request: gr.Request):
         viewer = session_owner(request)
+        current = launch_line(manager, line, viewer)
         return (job_rows(manager, viewer), job_ids(viewer), *job_detail(manager, selected, viewer),
-                *models_changed(seen))
+                gr.skip() if current == line else current, *models_changed(seen))
 
-    watch_outputs = [jobs, job, status, log, curve, known_models, *[dropdown for dropdown, _ in model_dropdowns]]
+    watch_outputs = [jobs, job, status, log, curve, launched, known_models,
+                     *[dropdown for dropdown, _ in model_dropdowns]]
     def launch_job(method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone,
                    variant=None, n_prototypes=None, obj=None, stages=None, vicregl_alpha=None, num_matches=None,
                    descriptions=None, kgcoop_lambda=None, biomedcoop_lambda1=None, biomedcoop_lambda2=None,
@@ -549,5 +584,5 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
     resume.click(resume_own_job, inputs=[job], outputs=[launched], api_name="resume_job")
     refresh.click(listed_jobs, outputs=[jobs], api_name="jobs")
     job.change(selected_job, inputs=[job], outputs=[status, log, curve], api_name="job_detail")
-    gr.Timer(POLL_SECONDS).tick(tick, inputs=[job, known_models], outputs=watch_outputs, api_name=False,
+    gr.Timer(POLL_SECONDS).tick(tick, inputs=[job, known_models, launched], outputs=watch_outputs, api_name=False,
                                 show_progress="hidden")

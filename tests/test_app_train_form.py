@@ -184,3 +184,52 @@ def test_the_loss_curve_has_ticks_on_whole_steps_only(steps):
     assert float(axis.dtick).is_integer() and axis.dtick >= 1 and float(axis.tick0).is_integer()
     ticks = [axis.tick0 + k * axis.dtick for k in range(-100, 100_000) if low <= axis.tick0 + k * axis.dtick <= high]
     assert 1 <= len(ticks) <= 8 and all(float(t).is_integer() and t >= 0 for t in ticks), ticks
+
+
+# --------------------------------------------------------------------------- the launch line follows its job
+def test_the_launch_line_shows_the_jobs_state_once_it_leaves_the_queue(tmp_path):
+    """"Job N (...) queued." stayed under the Launch button after the job had ended: the line the
+    Train tab's timer shows becomes the job's state (running, then finished / failed / cancelled)."""
+    import time
+
+    from app.train import launch_line
+    from medot.jobs.protocol import MODEL_FILE
+
+    root = tmp_path / "data"
+    root.mkdir()
+    scripts = {"1": "import time; time.sleep(60)", "2": "raise SystemExit(3)"}  # by job id
+
+    def command_for(method, arguments, out_dir, resume):
+        model = out_dir / MODEL_FILE
+        return [sys.executable, "-c", scripts.get(out_dir.name, "pass").replace("MODEL", repr(str(model)))]
+
+    manager = JobManager(tmp_path / "home", root, command_for=command_for, max_parallel=1, cancel_grace_s=5)
+
+    def settled(job_id, statuses):
+        deadline = time.monotonic() + 30
+        while manager.get(job_id).status not in statuses and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return manager.get(job_id).status
+
+    first = submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "auto", owner="session:a")
+    second = submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "auto", owner="session:a")
+    assert (first, second) == ("Job 1 (pradot) queued.", "Job 2 (pradot) queued.")
+    assert settled(1, ("running",)) == "running"
+    assert launch_line(manager, first, "session:a") == "Job 1 (pradot) is running."
+    assert launch_line(manager, second, "session:a") == second  # still waiting for the one slot
+    assert launch_line(manager, first, "session:b") == first  # another's job: nothing said about it
+    manager.cancel(1, owner="session:a")
+    assert settled(1, ("cancelled",)) == "cancelled"
+    assert launch_line(manager, "Job 1 is cancelled.", "session:a") == "Job 1 (pradot) was cancelled."
+    assert settled(2, ("failed",)) == "failed"
+    failed = launch_line(manager, second, "session:a")
+    assert failed.startswith("Job 2 (pradot) failed: ") and "queued" not in failed and "\n" not in failed
+    scripts["3"] = "pass"  # exits 0 without writing a model: failed, saying so
+    third = submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "auto", owner="session:a")
+    assert settled(3, ("failed", "done")) == "failed"
+    assert "without writing its model" in launch_line(manager, third, "session:a")
+    scripts["4"] = "open(MODEL, 'w').close()"
+    fourth = submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "auto", owner="session:a")
+    assert settled(4, ("failed", "done")) == "done"
+    assert launch_line(manager, fourth, "session:a") == "Job 4 (pradot) finished; its result card is on the right."
+    assert launch_line(manager, "Cancelling job 3: asking it to stop", "session:a").startswith("Cancelling")
