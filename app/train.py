@@ -57,7 +57,8 @@ RESUME_NOTES = {
 TRAINING_ENDED = ("done", "early_stop")
 #: form field -> job argument name (the K-MaT variant is the ``method`` argument of `medot train kmat`)
 FIELD_ARGUMENTS = {"shots": "shots", "lambda_anc": "lambda_anc", "lambda_fgw": "lambda_fgw", "variant": "method",
-                   "n_prototypes": "n_prototypes", "backbone": "backbone", "object": "object"}
+                   "n_prototypes": "n_prototypes", "backbone": "backbone", "object": "object",
+                   "abnormal_shots": "abnormal_shots"}
 #: variant-specific form fields -> (method, job argument, the variants that use it); the field name is
 #: the argument's (``medot train <method> --<argument>``); empty: the command's own default
 VARIANT_FIELDS = {
@@ -93,10 +94,11 @@ def dataset_choices(settings: Settings, method: str | None = None) -> list[str]:
 def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, shots: float, epochs: float,
                seed: float, lambda_anc: float, lambda_fgw: float, backbone: str, variant: str | None = None,
                n_prototypes: float | None = None, obj: str | None = None, owner: str | None = None,
-               options: dict | None = None) -> str:
+               options: dict | None = None, abnormal_shots: str | None = None) -> str:
     """Queue a job of ``owner`` (:func:`session_owner`; None: the operator); returns a status line.
     ``options``: the :data:`VARIANT_FIELDS` values (numbers, or text such as ``"3 4"`` for a list;
-    None or empty: the command's default). Arguments a method's job does not accept, and options of
+    None or empty: the command's default); ``abnormal_shots``: MADPOT's folder of abnormal support
+    images for MVTec AD data, under the data root like the dataset. Arguments a method's job does not accept, and options of
     another method or variant, are left out; the job manager checks the rest before queuing."""
     if method not in manager.methods:
         raise gr.Error(f"Choose a training method: {', '.join(manager.methods)}.", print_exception=False)
@@ -112,6 +114,7 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
         "method": variant or None,
         "n_prototypes": n_prototypes or None,  # 0 or empty: the method's preset decides
         "object": (obj or "").strip() or None,
+        "abnormal_shots": (abnormal_shots or "").strip() or None,
     }
     for field, value in (options or {}).items():
         if field not in VARIANT_FIELDS:
@@ -468,8 +471,13 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
                                          minimum=0, elem_id="train-prototypes", visible=takes["n_prototypes"])
                 choices = backbone_choices(manager)
                 backbone = gr.Dropdown(choices, value="auto", label="Backbone", visible=takes["backbone"])
-            obj = gr.Textbox("", label="Object (the MVFA <Obj>_AD folder, e.g. Retina on the synthetic set)",
-                             elem_id="train-object", visible=takes["object"])
+            obj = gr.Textbox("", label="Object (the MVFA <Obj>_AD folder or the MVTec AD category, e.g. Retina on "
+                             "the synthetic set)", elem_id="train-object", visible=takes["object"])
+            abnormal_shots = gr.Textbox("", label="Abnormal shots: MVTec AD data only (its training images are all "
+                                        "normal) - a folder of abnormal images under the data root, outside the test "
+                                        "split, e.g. my-abnormal (masks optional in its masks/ folder)",
+                                        placeholder="empty for MVFA data and the synthetic set",
+                                        elem_id="train-abnormal-shots", visible=takes["abnormal_shots"])
             # the variant's own options (VARIANT_FIELDS), as `medot train <method> --help` names them
             applies = {field: field_applies(manager, field, methods[0] if methods else None, None)
                        for field in VARIANT_FIELDS}
@@ -511,7 +519,7 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             status = gr.Markdown(elem_id="job-status")
             curve = gr.Plot(label="Loss")
             log = gr.Code(label="Log (last lines)", language=None, lines=10)
-    fields = [shots, lambda_anc, lambda_fgw, variant, n_prototypes, backbone, obj]
+    fields = [shots, lambda_anc, lambda_fgw, variant, n_prototypes, backbone, obj, abnormal_shots]  # FIELD_ARGUMENTS order
     method.change(lambda m: shown_fields(manager, m), inputs=[method], outputs=fields, api_name=False)
     options = [stages, vicregl_alpha, num_matches, descriptions, kgcoop_lambda, biomedcoop_lambda1,
                biomedcoop_lambda2, biomedcoop_tau, cocoop_width]  # VARIANT_FIELDS order
@@ -542,11 +550,12 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
     def launch_job(method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone,
                    variant=None, n_prototypes=None, obj=None, stages=None, vicregl_alpha=None, num_matches=None,
                    descriptions=None, kgcoop_lambda=None, biomedcoop_lambda1=None, biomedcoop_lambda2=None,
-                   biomedcoop_tau=None, cocoop_width=None, request: gr.Request = None):
+                   biomedcoop_tau=None, cocoop_width=None, abnormal_shots=None, request: gr.Request = None):
         form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj)
         values = (stages, vicregl_alpha, num_matches, descriptions, kgcoop_lambda, biomedcoop_lambda1,
                   biomedcoop_lambda2, biomedcoop_tau, cocoop_width)
-        return submit_job(manager, *form, owner=session_owner(request), options=dict(zip(VARIANT_FIELDS, values)))
+        return submit_job(manager, *form, owner=session_owner(request), options=dict(zip(VARIANT_FIELDS, values)),
+                          abnormal_shots=abnormal_shots)
 
     def follow_launched(message: str, request: gr.Request):
         return follow_job(manager, message, session_owner(request))
@@ -554,7 +563,7 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
     launch.click(
         launch_job,
         inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj,
-                *options],
+                *options, abnormal_shots],
         outputs=[launched],
         api_name="submit_job",
     ).success(follow_launched, inputs=[launched], outputs=[job], api_name=False)

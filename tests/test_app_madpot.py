@@ -91,3 +91,35 @@ def test_zero_shot_map_for_a_typed_object_equals_the_librarys(app):
     with pytest.raises(Exception) as raised:
         fresh.predict(handle_file(str(image)), "  ", 0.5, 1.0, api_name="/zero_shot_anomalies")
     assert "object name" in str(raised.value), str(raised.value)
+
+
+def test_train_tab_passes_madpot_abnormal_shots_under_the_data_root_only(app):
+    """MVTec AD data (normal-only training) in a MADPOT job from the Train tab: a folder of abnormal
+    shots outside the data root is refused before queuing; one under it reaches the job's command."""
+    import shutil
+    import time
+
+    server, _, data_root = app
+    client = Client(server.url, verbose=False)
+    form = ("madpot", "mvtec", "", 1, 1, 1, 1.0, 1.0, "lite", "madpot")
+    before = len(client.predict(api_name="/jobs")["data"])
+    for folder in ("/etc", "../", "mvtec/phantom/test/nodule"):
+        with pytest.raises(Exception) as refused:
+            client.predict(*form, obj="phantom", abnormal_shots=folder, api_name="/submit_job")
+        expected = "inside the test split" if "test" in folder else "outside the data root"
+        assert expected in str(refused.value), str(refused.value)
+    assert len(client.predict(api_name="/jobs")["data"]) == before  # nothing was queued
+    shots = data_root / "phantom-defects"
+    shots.mkdir()
+    for image in sorted((data_root / "mvtec" / "phantom" / "test" / "nodule").glob("*.png"))[:2]:
+        shutil.copy(image, shots / image.name)
+    message = client.predict(*form, obj="phantom", abnormal_shots="phantom-defects", api_name="/submit_job")
+    job_id = int(message.split()[1])
+    deadline, log = time.monotonic() + 120, ""
+    while "--abnormal-shots" not in log and time.monotonic() < deadline:
+        status, log, _ = client.predict(job_id, api_name="/job_detail")
+        time.sleep(0.5)
+    command = next(line for line in log.splitlines() if line.startswith(f"=== medot job {job_id}"))
+    assert "train madpot" in command and "--abnormal-shots=" in command and command.count("phantom-defects") == 1
+    assert "--abnormal-shots phantom-defects" in status and str(data_root) not in status + command
+    client.predict(job_id, api_name="/cancel_job")  # the command line was the point, not the training

@@ -233,3 +233,61 @@ def test_the_launch_line_shows_the_jobs_state_once_it_leaves_the_queue(tmp_path)
     assert settled(4, ("failed", "done")) == "done"
     assert launch_line(manager, fourth, "session:a") == "Job 4 (pradot) finished; its result card is on the right."
     assert launch_line(manager, "Cancelling job 3: asking it to stop", "session:a").startswith("Cancelling")
+
+
+# --------------------------------------------------------------------------- MADPOT: abnormal shots for MVTec AD data
+def _mvtec(root: Path) -> Path:
+    """ROOT/cat/{train/good, test/good, test/crack, ground_truth/crack}, tiny images."""
+    for folder in ("cat/train/good", "cat/test/good", "cat/test/crack", "cat/ground_truth/crack"):
+        (root / folder).mkdir(parents=True)
+        for i in range(3):
+            name = f"{i:03d}_mask.png" if folder.endswith("ground_truth/crack") else f"{i:03d}.png"
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(root / folder / name)
+    return root
+
+
+def test_madpot_abnormal_shots_reach_the_command_and_stay_under_the_data_root(tmp_path):
+    """`medot train madpot --abnormal-shots DIR` (MVTec AD data: normal-only training) from the Train
+    tab: shown for MADPOT only, confined to the data root, checked before queuing, passed to the job."""
+    commands: list = []
+    root = tmp_path / "data"
+    manager = _recording_manager(tmp_path / "home", root, commands)
+    shown = {f for f, u in zip(FIELD_ARGUMENTS, shown_fields(manager, "madpot")) if u["visible"]}
+    assert "abnormal_shots" in shown and "object" in shown
+    assert not any(dict(zip(FIELD_ARGUMENTS, shown_fields(manager, m)))["abnormal_shots"]["visible"]
+                   for m in manager.methods if m != "madpot")
+    _mvtec(root / "mvtec")
+    (root / "defects").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 200, np.uint8)).save(root / "defects" / f"d{i}.png")
+
+    def launch(dataset, folder, shots=2, method="madpot"):
+        submit_job(manager, method, dataset, "", shots, 1, 0, 1.0, 1.0, "auto", owner="session:a",
+                   abnormal_shots=folder)
+        deadline = __import__("time").monotonic() + 30
+        while not commands and __import__("time").monotonic() < deadline:
+            manager.refresh()
+            __import__("time").sleep(0.05)
+        return commands.pop()
+
+    command = launch("mvtec", " defects ")
+    assert f"--abnormal-shots={(root / 'defects').resolve()}" in command
+    parsed = build_parser().parse_args(command[3:])  # what `medot train madpot` reads from it
+    assert parsed.abnormal_shots == str((root / "defects").resolve()) and parsed.data == str((root / "mvtec").resolve())
+    assert "--abnormal-shots defects" in job_detail(manager, manager.list_jobs()[0].id, "session:a")[0]
+    plain = launch("mvtec", "", method="pradot")  # another method: the field is not passed
+    assert not any(a.startswith("--abnormal-shots") for a in plain)
+    queued = len(manager.list_jobs())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for folder, expected in [(str(outside), "outside the data root"), ("../outside", "outside the data root"),
+                             ("missing", "does not exist"), ("mvtec/cat/test/crack", "inside the test split"),
+                             ("", "training images are all normal")]:
+        message = _error(lambda: launch("mvtec", folder))
+        assert expected in message and "\n" not in message, (folder, message)
+    assert "fewer than the 3 shots" in _error(lambda: launch("mvtec", "defects", shots=3))
+    for dataset in ("synthetic", "pair"):  # MVFA data has its own abnormal shots
+        if dataset == "pair":
+            (root / "pair" / "Obj_AD" / "valid").mkdir(parents=True)
+        assert "for MVTec AD folders" in _error(lambda: launch(dataset, "defects"))
+    assert len(manager.list_jobs()) == queued  # nothing was queued
