@@ -9,7 +9,9 @@ The form shows only the fields the chosen method takes (the K-MaT variant list h
 prompt-learning baselines), and of the variant's own options (:data:`VARIANT_FIELDS`: OPTiML's
 ``--stages``, VICRegL's ``--vicregl-alpha`` / ``--num-matches``, K-MaT's ``--descriptions`` and the
 baselines' weights) only those of the chosen variant - empty means the command's default, and the job
-manager checks every value before queuing; a job's details list its command options. It offers only
+manager checks every value before queuing; a job's details list its command options. MADPOT jobs on
+MVTec AD data (normal-only training) take a folder of abnormal shots under the data root. The line
+under Launch follows the job it names (queued, running, finished, failed: :func:`launch_line`). It offers only
 the backbones available here, and takes a zipped dataset
 into the data root (:func:`medot.data.archive.import_dataset_zip`). A finished job gets a result
 card (:func:`medot.eval.evidence.result_rows`: test metrics beside their chance level, the model
@@ -98,8 +100,9 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
     """Queue a job of ``owner`` (:func:`session_owner`; None: the operator); returns a status line.
     ``options``: the :data:`VARIANT_FIELDS` values (numbers, or text such as ``"3 4"`` for a list;
     None or empty: the command's default); ``abnormal_shots``: MADPOT's folder of abnormal support
-    images for MVTec AD data, under the data root like the dataset. Arguments a method's job does not accept, and options of
-    another method or variant, are left out; the job manager checks the rest before queuing."""
+    images for MVTec AD data, under the data root like the dataset. Arguments a method's job does
+    not accept, and options of another method or variant, are left out; the job manager checks the
+    rest before queuing."""
     if method not in manager.methods:
         raise gr.Error(f"Choose a training method: {', '.join(manager.methods)}.", print_exception=False)
     accepted = manager.methods[method]
