@@ -231,10 +231,12 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
     choices = model_choices(settings, (METHOD,))
     detection = gr.State(None)
     gr.Markdown(PATCHCORE_NOTE)
+    # controls left, results right; both buttons right under the image and model choice, level with
+    # the map and score they fill (the zero-shot button sat in an accordion at the page's foot, far
+    # below its map); sliders, prototype member and the examples gallery under them
     with gr.Row():
         with gr.Column():
             upload = gr.File(label=f"Image ({UPLOAD_KINDS})", type="filepath")
-            build_example_gallery(upload)
             method = gr.Radio(list(METHODS), value="PRADOT", label="Method")
             # the list follows the Method radio; any listed checkpoint of either method is accepted
             # (``resolve_model`` refuses every other name), so API calls need not set the radio first
@@ -242,11 +244,17 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
                 model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="PRADOT model",
                                     allow_custom_value=True, scale=4, elem_id="anomaly-model")
                 refresh = gr.Button("↻ Refresh models", scale=1, size="sm", elem_id="anomaly-refresh")
-            member = gr.Dropdown([("first ensemble member", 0)], value=0, label="Member for prototype look-up")
+            run = gr.Button("Detect anomalies", variant="primary", elem_id="anomaly-detect")
+            with gr.Group():
+                with gr.Row(equal_height=True):
+                    object_name = gr.Textbox(label="…or no model: MADPOT's zero-shot map for a typed object name",
+                                             placeholder="e.g. chest X-ray, retinal OCT, brain MRI", scale=3)
+                    zero = gr.Button("Zero-shot map", scale=1, elem_id="anomaly-zero-shot")
             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Map opacity")
             threshold = gr.Slider(0.0, DISPLAY_MAX, value=1.0, step=0.05,
                                   label="Outline threshold (× the normals' 99th pixel percentile; 1 = calibrated)")
-            run = gr.Button("Detect anomalies", variant="primary")
+            member = gr.Dropdown([("first ensemble member", 0)], value=0, label="Member for prototype look-up")
+            build_example_gallery(upload)
         with gr.Column():
             # a figure's label is drawn over its top edge in one line: kept short (the long one was cut
             # and hid the colour bar's top value); the reading guide is the line below
@@ -277,12 +285,9 @@ def build_anomaly_tab(backbones: BackboneCache, settings: Settings) -> gr.Dropdo
 
     overlay.select(on_select, inputs=[detection, member], outputs=[prototype], api_name=False)
 
-    with gr.Accordion("MADPOT: zero-shot map and partial-OT assignment", open=False):
+    with gr.Accordion("MADPOT: partial-OT assignment of the last detection", open=False):
         with gr.Row():
             with gr.Column():
-                object_name = gr.Textbox(label="Object name for a zero-shot map (no training)",
-                                         placeholder="e.g. chest X-ray, retinal OCT, brain MRI")
-                zero = gr.Button("Zero-shot map")
                 layer = gr.Textbox(label="Layer for the assignment (empty: the model's first)", value="")
                 show = gr.Button("Show the partial-OT assignment of the last MADPOT detection")
             with gr.Column():

@@ -9,7 +9,9 @@ The form shows only the fields the chosen method takes (the K-MaT variant list h
 prompt-learning baselines), and of the variant's own options (:data:`VARIANT_FIELDS`: OPTiML's
 ``--stages``, VICRegL's ``--vicregl-alpha`` / ``--num-matches``, K-MaT's ``--descriptions`` and the
 baselines' weights) only those of the chosen variant - empty means the command's default, and the job
-manager checks every value before queuing; a job's details list its command options. It offers only
+manager checks every value before queuing; a job's details list its command options. MADPOT jobs on
+MVTec AD data (normal-only training) take a folder of abnormal shots under the data root. The line
+under Launch follows the job it names (queued, running, finished, failed: :func:`launch_line`). It offers only
 the backbones available here, and takes a zipped dataset
 into the data root (:func:`medot.data.archive.import_dataset_zip`). A finished job gets a result
 card (:func:`medot.eval.evidence.result_rows`: test metrics beside their chance level, the model
@@ -57,7 +59,8 @@ RESUME_NOTES = {
 TRAINING_ENDED = ("done", "early_stop")
 #: form field -> job argument name (the K-MaT variant is the ``method`` argument of `medot train kmat`)
 FIELD_ARGUMENTS = {"shots": "shots", "lambda_anc": "lambda_anc", "lambda_fgw": "lambda_fgw", "variant": "method",
-                   "n_prototypes": "n_prototypes", "backbone": "backbone", "object": "object"}
+                   "n_prototypes": "n_prototypes", "backbone": "backbone", "object": "object",
+                   "abnormal_shots": "abnormal_shots"}
 #: variant-specific form fields -> (method, job argument, the variants that use it); the field name is
 #: the argument's (``medot train <method> --<argument>``); empty: the command's own default
 VARIANT_FIELDS = {
@@ -93,11 +96,13 @@ def dataset_choices(settings: Settings, method: str | None = None) -> list[str]:
 def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, shots: float, epochs: float,
                seed: float, lambda_anc: float, lambda_fgw: float, backbone: str, variant: str | None = None,
                n_prototypes: float | None = None, obj: str | None = None, owner: str | None = None,
-               options: dict | None = None) -> str:
+               options: dict | None = None, abnormal_shots: str | None = None) -> str:
     """Queue a job of ``owner`` (:func:`session_owner`; None: the operator); returns a status line.
     ``options``: the :data:`VARIANT_FIELDS` values (numbers, or text such as ``"3 4"`` for a list;
-    None or empty: the command's default). Arguments a method's job does not accept, and options of
-    another method or variant, are left out; the job manager checks the rest before queuing."""
+    None or empty: the command's default); ``abnormal_shots``: MADPOT's folder of abnormal support
+    images for MVTec AD data, under the data root like the dataset. Arguments a method's job does
+    not accept, and options of another method or variant, are left out; the job manager checks the
+    rest before queuing."""
     if method not in manager.methods:
         raise gr.Error(f"Choose a training method: {', '.join(manager.methods)}.", print_exception=False)
     accepted = manager.methods[method]
@@ -112,6 +117,7 @@ def submit_job(manager: JobManager, method: str, dataset: str, typed_path: str, 
         "method": variant or None,
         "n_prototypes": n_prototypes or None,  # 0 or empty: the method's preset decides
         "object": (obj or "").strip() or None,
+        "abnormal_shots": (abnormal_shots or "").strip() or None,
     }
     for field, value in (options or {}).items():
         if field not in VARIANT_FIELDS:
@@ -133,6 +139,39 @@ def follow_job(manager: JobManager, message: str, viewer: str | None = None):
     if match is None or int(match.group(1)) not in ids:
         return gr.update(choices=ids)
     return gr.update(choices=ids, value=int(match.group(1)))
+
+
+#: the launch line of a job that has left the queue, by :func:`job_phase`
+PHASE_LINES = {
+    "running": "is running",
+    "evaluating": "is evaluating its model on the test images",
+    "done": "finished; its result card is on the right",
+    "failed": "failed",
+    "cancelled": "was cancelled",
+    "interrupted": "was interrupted",
+}
+
+
+def launch_line(manager: JobManager, message: str, viewer: str | None = None) -> str:
+    """The line under the Launch button kept current: a ``"Job N ..."`` line (queued, resumed,
+    cancelled) becomes job N's state once it has left the queue (:data:`PHASE_LINES`; a failed
+    job's first error line), so "queued" does not stay on screen after the job has ended. Any
+    other line, a queued job's, and a line about a job the ``viewer`` may not see, are returned as
+    they are."""
+    match = re.match(r"Job (\d+) ", message or "")
+    if match is None:
+        return message
+    try:
+        job = manager.get(int(match.group(1)))
+    except JobError:
+        return message
+    phase = job_phase(manager, job)
+    if not _visible(job, viewer) or phase == "queued":
+        return message
+    line = f"Job {job.id} ({job.method}) {PHASE_LINES.get(phase, phase)}"
+    if phase == "failed" and job.error:
+        line += ": " + redact_paths(job.error.splitlines()[0], private_paths(manager.home, manager.data_root))
+    return line + "."
 
 
 def job_phase(manager: JobManager, job: JobRecord) -> str:
@@ -287,8 +326,20 @@ def loss_curve(job: JobRecord, events: Sequence) -> go.Figure | None:
         return None
     figure = go.Figure(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name="loss"))
     figure.update_layout(title=f"Job {job.id}: training loss", xaxis_title="optimiser step", yaxis_title="loss",
-                         height=320, margin={"t": 40, "b": 40})
+                         height=320, margin={"t": 40, "b": 40}, xaxis=whole_number_axis([p[0] for p in points]))
     return figure
+
+
+def whole_number_axis(values: Sequence[float], most_ticks: int = 8) -> dict:
+    """Plotly axis settings with ticks on whole numbers only (steps, epochs): a 1-2-5 step of at
+    least 1 giving at most ``most_ticks`` ticks, a range padded by half a unit (Plotly's own ticks
+    on a one- or two-point curve were 0.2, 0.4, ... and -1 for step 0)."""
+    low, high = min(values), max(values)
+    step = 1
+    while (high - low) / step > most_ticks:
+        step = step * 5 // 2 if str(step).startswith("2") else step * 2  # 1, 2, 5, 10, 20, 50, ...
+    pad = max(0.5, 0.05 * (high - low))
+    return {"tickmode": "linear", "tick0": 0, "dtick": step, "tickformat": "d", "range": [low - pad, high + pad]}
 
 
 def stop_job(manager: JobManager, job_id: int | None, owner: str | None = None) -> str:
@@ -423,8 +474,13 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
                                          minimum=0, elem_id="train-prototypes", visible=takes["n_prototypes"])
                 choices = backbone_choices(manager)
                 backbone = gr.Dropdown(choices, value="auto", label="Backbone", visible=takes["backbone"])
-            obj = gr.Textbox("", label="Object (the MVFA <Obj>_AD folder, e.g. Retina on the synthetic set)",
-                             elem_id="train-object", visible=takes["object"])
+            obj = gr.Textbox("", label="Object (the MVFA <Obj>_AD folder or the MVTec AD category, e.g. Retina on "
+                             "the synthetic set)", elem_id="train-object", visible=takes["object"])
+            abnormal_shots = gr.Textbox("", label="Abnormal shots: MVTec AD data only (its training images are all "
+                                        "normal) - a folder of abnormal images under the data root, outside the test "
+                                        "split, e.g. my-abnormal (masks optional in its masks/ folder)",
+                                        placeholder="empty for MVFA data and the synthetic set",
+                                        elem_id="train-abnormal-shots", visible=takes["abnormal_shots"])
             # the variant's own options (VARIANT_FIELDS), as `medot train <method> --help` names them
             applies = {field: field_applies(manager, field, methods[0] if methods else None, None)
                        for field in VARIANT_FIELDS}
@@ -466,7 +522,7 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             status = gr.Markdown(elem_id="job-status")
             curve = gr.Plot(label="Loss")
             log = gr.Code(label="Log (last lines)", language=None, lines=10)
-    fields = [shots, lambda_anc, lambda_fgw, variant, n_prototypes, backbone, obj]
+    fields = [shots, lambda_anc, lambda_fgw, variant, n_prototypes, backbone, obj, abnormal_shots]  # FIELD_ARGUMENTS order
     method.change(lambda m: shown_fields(manager, m), inputs=[method], outputs=fields, api_name=False)
     options = [stages, vicregl_alpha, num_matches, descriptions, kgcoop_lambda, biomedcoop_lambda1,
                biomedcoop_lambda2, biomedcoop_tau, cocoop_width]  # VARIANT_FIELDS order
@@ -486,20 +542,23 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
             return (current, *[gr.skip() for _ in model_dropdowns])
         return (current, *[gr.update(choices=choices()) for _, choices in model_dropdowns])
 
-    def tick(selected, seen, request: gr.Request):
+    def tick(selected, seen, line, request: gr.Request):
         viewer = session_owner(request)
+        current = launch_line(manager, line, viewer)
         return (job_rows(manager, viewer), job_ids(viewer), *job_detail(manager, selected, viewer),
-                *models_changed(seen))
+                gr.skip() if current == line else current, *models_changed(seen))
 
-    watch_outputs = [jobs, job, status, log, curve, known_models, *[dropdown for dropdown, _ in model_dropdowns]]
+    watch_outputs = [jobs, job, status, log, curve, launched, known_models,
+                     *[dropdown for dropdown, _ in model_dropdowns]]
     def launch_job(method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone,
                    variant=None, n_prototypes=None, obj=None, stages=None, vicregl_alpha=None, num_matches=None,
                    descriptions=None, kgcoop_lambda=None, biomedcoop_lambda1=None, biomedcoop_lambda2=None,
-                   biomedcoop_tau=None, cocoop_width=None, request: gr.Request = None):
+                   biomedcoop_tau=None, cocoop_width=None, abnormal_shots=None, request: gr.Request = None):
         form = (method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj)
         values = (stages, vicregl_alpha, num_matches, descriptions, kgcoop_lambda, biomedcoop_lambda1,
                   biomedcoop_lambda2, biomedcoop_tau, cocoop_width)
-        return submit_job(manager, *form, owner=session_owner(request), options=dict(zip(VARIANT_FIELDS, values)))
+        return submit_job(manager, *form, owner=session_owner(request), options=dict(zip(VARIANT_FIELDS, values)),
+                          abnormal_shots=abnormal_shots)
 
     def follow_launched(message: str, request: gr.Request):
         return follow_job(manager, message, session_owner(request))
@@ -507,7 +566,7 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
     launch.click(
         launch_job,
         inputs=[method, dataset, typed_path, shots, epochs, seed, lambda_anc, lambda_fgw, backbone, variant, n_prototypes, obj,
-                *options],
+                *options, abnormal_shots],
         outputs=[launched],
         api_name="submit_job",
     ).success(follow_launched, inputs=[launched], outputs=[job], api_name=False)
@@ -537,5 +596,5 @@ def build_train_tab(manager: JobManager, settings: Settings, model_dropdowns: Se
     resume.click(resume_own_job, inputs=[job], outputs=[launched], api_name="resume_job")
     refresh.click(listed_jobs, outputs=[jobs], api_name="jobs")
     job.change(selected_job, inputs=[job], outputs=[status, log, curve], api_name="job_detail")
-    gr.Timer(POLL_SECONDS).tick(tick, inputs=[job, known_models], outputs=watch_outputs, api_name=False,
+    gr.Timer(POLL_SECONDS).tick(tick, inputs=[job, known_models, launched], outputs=watch_outputs, api_name=False,
                                 show_progress="hidden")

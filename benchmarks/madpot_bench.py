@@ -20,12 +20,18 @@ Run from the repository root::
     python -m benchmarks.madpot_bench --quick     # 4 views, 10 epochs, seed 1 only, 8 cases per class
     python -m benchmarks.madpot_bench             # the issue's settings: 4-shot, 16 views, 60 epochs, seeds 1-3
     python -m benchmarks.madpot_bench --quick --inference-only   # (c) alone, on an untrained model
+    python -m benchmarks.madpot_bench --backbone biomedclip-shaped --skip-table --epochs 1
+
+``--backbone biomedclip-shaped`` times BiomedCLIP's architecture (ViT-B/16 image tower, BERT-base
+text tower; :mod:`benchmarks.biomedclip_shaped`) with **random weights**, written to a temporary
+folder first (about 0.8 GB, removed at the end): times and memory are meaningful, scores are not.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -43,6 +49,8 @@ from medot.methods.madpot.data import augment, encode_support, load_support
 from medot.methods.madpot.runner import benchmark, format_table, summarise
 from medot.methods.madpot.task import MadpotTask, fit, support_batches
 from medot.train import EpochContext, FeatureCache
+
+from benchmarks import biomedclip_shaped
 
 
 def _peak_mib() -> float:
@@ -68,7 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backbone", default="lite")
+    parser.add_argument("--backbone", default="lite",
+                        help=f"a medot backbone name, or {biomedclip_shaped.NAME!r}: BiomedCLIP's architecture with "
+                             "random weights (for timing only)")
     parser.add_argument("--shots", type=int, default=4)
     parser.add_argument("--skip-table", action="store_true")
     parser.add_argument("--inference-only", action="store_true",
@@ -76,12 +86,32 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs (sizing runs)")
     parser.add_argument("--views", type=int, default=None, help="override the views per support image")
     args = parser.parse_args()
+    device = args.device
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    work = Path(tempfile.mkdtemp(prefix="madpot_bench_"))
+    if args.backbone == biomedclip_shaped.NAME:
+        print(biomedclip_shaped.WARNING, flush=True)
+        try:
+            backbone = create_backbone(biomedclip_shaped.write_biomedclip_shaped(work / "biomedclip_shaped"),
+                                       device=device)
+        finally:
+            shutil.rmtree(work / "biomedclip_shaped", ignore_errors=True)  # the weights are in memory now
+        label = biomedclip_shaped.NAME + " (RANDOM weights)"
+    else:
+        backbone = create_backbone(args.backbone, device=device)
+        label = backbone.name
+    try:
+        _run(args, backbone, label, work)
+    finally:
+        if args.backbone == biomedclip_shaped.NAME:
+            print(biomedclip_shaped.WARNING)
+
+
+def _run(args: argparse.Namespace, backbone, label: str, work: Path) -> None:
     views, epochs, seeds, cases = (4, 10, [1], 8) if args.quick else (16, 60, [1, 2, 3], 20)
     views, epochs = args.views or views, args.epochs or epochs
     device = args.device
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    backbone = create_backbone(args.backbone, device=device)
-    work = Path(tempfile.mkdtemp(prefix="madpot_bench_"))
+    print(f"backbone {label}: layers {', '.join(backbone.default_layers)}")
     synthetic = write_synthetic_benchmark(work / "synthetic", n_per_class=cases, size=224, progress=False)
     cache = FeatureCache(work / "cache")
     config = MadpotConfig(views=views, epochs=epochs, seed=1)
@@ -104,7 +134,7 @@ def main() -> None:
     started = time.perf_counter()
     fitted = fit("madpot", backbone, [encoded], ["retinal OCT"], config, device=device, progress=False)
     train_seconds = time.perf_counter() - started
-    print(f"(a) {args.shots}-shot run, {views} views, {epochs} epochs, backbone {backbone.name}: encoding "
+    print(f"(a) {args.shots}-shot run, {views} views, {epochs} epochs, backbone {label}: encoding "
           f"{encode_seconds:.1f} s + training {train_seconds:.1f} s = {encode_seconds + train_seconds:.1f} s wall; "
           f"peak RSS so far {_peak_mib():.0f} MiB")
 

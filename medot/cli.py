@@ -30,6 +30,22 @@ model as 'hf-hub:ORG/REPO', 'open_clip:MODEL/PRETRAINED', 'local-dir:PATH'.
 """
 
 
+#: the largest seed a command takes (numpy's and torch's generators take it; as the job manager's ``seed``)
+MAX_SEED = 2**32 - 1
+
+
+def seed_type(text: str) -> int:
+    """argparse type of every ``--seed`` / ``--seeds`` option: a whole number in [0, :data:`MAX_SEED`]
+    (``--seeds -1`` was taken as a seed); refused as argparse refuses a bad value (exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: give a whole number from 0 to {MAX_SEED}")
+    return value
+
+
 def _cmd_backbones(args: argparse.Namespace) -> int:
     from medot.backbones import available_backbones, resolve_auto
 
@@ -193,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "The smallest set: --size 32 --n-per-class 3.",
     )
     synth.add_argument("--out", required=True, help="output folder (created; a previous synthetic output is replaced)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument("--seed", type=seed_type, default=0, help="random seed (default: 0)")
     synth.add_argument("--n-per-class", type=int, default=20, help="cases per class and modality (default: 20)")
     synth.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
     synth.add_argument(

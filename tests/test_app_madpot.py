@@ -91,3 +91,75 @@ def test_zero_shot_map_for_a_typed_object_equals_the_librarys(app):
     with pytest.raises(Exception) as raised:
         fresh.predict(handle_file(str(image)), "  ", 0.5, 1.0, api_name="/zero_shot_anomalies")
     assert "object name" in str(raised.value), str(raised.value)
+
+
+def test_train_tab_passes_madpot_abnormal_shots_under_the_data_root_only(app):
+    """MVTec AD data (normal-only training) in a MADPOT job from the Train tab: a folder of abnormal
+    shots outside the data root is refused before queuing; one under it reaches the job's command."""
+    import shutil
+    import time
+
+    server, _, data_root = app
+    client = Client(server.url, verbose=False)
+    form = ("madpot", "mvtec", "", 1, 1, 1, 1.0, 1.0, "lite", "madpot")
+    before = len(client.predict(api_name="/jobs")["data"])
+    for folder in ("/etc", "../", "mvtec/phantom/test/nodule"):
+        with pytest.raises(Exception) as refused:
+            client.predict(*form, obj="phantom", abnormal_shots=folder, api_name="/submit_job")
+        expected = "inside the test split" if "test" in folder else "outside the data root"
+        assert expected in str(refused.value), str(refused.value)
+    assert len(client.predict(api_name="/jobs")["data"]) == before  # nothing was queued
+    shots = data_root / "phantom-defects"
+    shots.mkdir()
+    for image in sorted((data_root / "mvtec" / "phantom" / "test" / "nodule").glob("*.png"))[:2]:
+        shutil.copy(image, shots / image.name)
+    message = client.predict(*form, obj="phantom", abnormal_shots="phantom-defects", api_name="/submit_job")
+    job_id = int(message.split()[1])
+    deadline, log = time.monotonic() + 120, ""
+    while "--abnormal-shots" not in log and time.monotonic() < deadline:
+        status, log, _ = client.predict(job_id, api_name="/job_detail")
+        time.sleep(0.5)
+    command = next(line for line in log.splitlines() if line.startswith(f"=== medot job {job_id}"))
+    assert "train madpot" in command and "--abnormal-shots=" in command and command.count("phantom-defects") == 1
+    assert "--abnormal-shots phantom-defects" in status and str(data_root) not in status + command
+    client.predict(job_id, api_name="/cancel_job")  # the command line was the point, not the training
+
+
+def test_the_zero_shot_button_sits_with_the_detect_button_beside_the_map_it_fills(tmp_path):
+    """The zero-shot button sat in an accordion at the foot of the Anomaly tab while its map and score
+    appear at the top right: it now sits in the controls column right under "Detect anomalies",
+    beside the results column (no tall component between the two buttons), outside any accordion."""
+    import gradio as gr
+
+    from app.anomaly import build_anomaly_tab
+    from app.backbones import BackboneCache
+    from medot.config import Settings
+
+    with gr.Blocks() as page:
+        build_anomaly_tab(BackboneCache(), Settings(home=tmp_path, data_root=tmp_path, backbone="lite"))
+
+    def find(kind, test):
+        return next(b for b in page.blocks.values() if isinstance(b, kind) and test(b))
+
+    def ancestors(block):
+        while block.parent is not None:
+            block = block.parent
+            yield block
+
+    zero = find(gr.Button, lambda b: b.value == "Zero-shot map")
+    detect = find(gr.Button, lambda b: b.value == "Detect anomalies")
+    panel = find(gr.Image, lambda b: b.elem_id == "anomaly-panel")
+    column = next(a for a in ancestors(detect) if isinstance(a, gr.Column))
+    assert column in list(ancestors(zero)) and not any(isinstance(a, gr.Accordion) for a in ancestors(zero))
+    results = next(a for a in ancestors(panel) if isinstance(a, gr.Column))
+    assert column.parent is results.parent and isinstance(column.parent, gr.Row)  # controls | results
+    def place(block):  # which of the column's children holds ``block``
+        return next(i for i, child in enumerate(column.children) if child is block or block in _descendants(child))
+
+    assert place(zero) == place(detect) + 1  # the zero-shot field and button come right after "Detect anomalies"
+
+
+def _descendants(block):
+    for child in getattr(block, "children", []):
+        yield child
+        yield from _descendants(child)

@@ -168,3 +168,126 @@ def test_kmat_options_reach_the_command_and_descriptions_stay_under_the_data_roo
     assert "must be at least 0" in _error(lambda: _launch(manager, "kmat", "kgcoop", [], kgcoop_lambda=-1))
     assert len(manager.list_jobs()) == queued
     assert task.is_dir()
+
+
+# --------------------------------------------------------------------------- loss curve axis
+@pytest.mark.parametrize("steps", [[0], [1], [0, 1], [0, 1, 2], [0, 7], [3, 40], [0, 12_345]])
+def test_the_loss_curve_has_ticks_on_whole_steps_only(steps):
+    """A one- or two-point loss curve had ticks 0.2, 0.4, ... (Plotly's automatic ticks): every tick
+    of the step axis is a whole number, at most 8 of them, every point inside the axis range."""
+    from app.train import loss_curve
+
+    events = [TrainEvent("step", 1, step, 1, {"loss": 1.0 / (1 + step)}) for step in steps]
+    axis = loss_curve(SimpleNamespace(id=7), events).layout.xaxis
+    low, high = axis.range
+    assert low < min(steps) and max(steps) < high and axis.tickmode == "linear" and axis.tickformat == "d"
+    assert float(axis.dtick).is_integer() and axis.dtick >= 1 and float(axis.tick0).is_integer()
+    ticks = [axis.tick0 + k * axis.dtick for k in range(-100, 100_000) if low <= axis.tick0 + k * axis.dtick <= high]
+    assert 1 <= len(ticks) <= 8 and all(float(t).is_integer() and t >= 0 for t in ticks), ticks
+
+
+# --------------------------------------------------------------------------- the launch line follows its job
+def test_the_launch_line_shows_the_jobs_state_once_it_leaves_the_queue(tmp_path):
+    """"Job N (...) queued." stayed under the Launch button after the job had ended: the line the
+    Train tab's timer shows becomes the job's state (running, then finished / failed / cancelled)."""
+    import time
+
+    from app.train import launch_line
+    from medot.jobs.protocol import MODEL_FILE
+
+    root = tmp_path / "data"
+    root.mkdir()
+    scripts = {"1": "import time; time.sleep(60)", "2": "raise SystemExit(3)"}  # by job id
+
+    def command_for(method, arguments, out_dir, resume):
+        model = out_dir / MODEL_FILE
+        return [sys.executable, "-c", scripts.get(out_dir.name, "pass").replace("MODEL", repr(str(model)))]
+
+    manager = JobManager(tmp_path / "home", root, command_for=command_for, max_parallel=1, cancel_grace_s=5)
+
+    def settled(job_id, statuses):
+        deadline = time.monotonic() + 30
+        while manager.get(job_id).status not in statuses and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return manager.get(job_id).status
+
+    first = submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "auto", owner="session:a")
+    second = submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "auto", owner="session:a")
+    assert (first, second) == ("Job 1 (pradot) queued.", "Job 2 (pradot) queued.")
+    assert settled(1, ("running",)) == "running"
+    assert launch_line(manager, first, "session:a") == "Job 1 (pradot) is running."
+    assert launch_line(manager, second, "session:a") == second  # still waiting for the one slot
+    assert launch_line(manager, first, "session:b") == first  # another's job: nothing said about it
+    manager.cancel(1, owner="session:a")
+    assert settled(1, ("cancelled",)) == "cancelled"
+    assert launch_line(manager, "Job 1 is cancelled.", "session:a") == "Job 1 (pradot) was cancelled."
+    assert settled(2, ("failed",)) == "failed"
+    failed = launch_line(manager, second, "session:a")
+    assert failed.startswith("Job 2 (pradot) failed: ") and "queued" not in failed and "\n" not in failed
+    scripts["3"] = "pass"  # exits 0 without writing a model: failed, saying so
+    third = submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "auto", owner="session:a")
+    assert settled(3, ("failed", "done")) == "failed"
+    assert "without writing its model" in launch_line(manager, third, "session:a")
+    scripts["4"] = "open(MODEL, 'w').close()"
+    fourth = submit_job(manager, "pradot", "synthetic", "", 4, 1, 0, 1.0, 1.0, "auto", owner="session:a")
+    assert settled(4, ("failed", "done")) == "done"
+    assert launch_line(manager, fourth, "session:a") == "Job 4 (pradot) finished; its result card is on the right."
+    assert launch_line(manager, "Cancelling job 3: asking it to stop", "session:a").startswith("Cancelling")
+
+
+# --------------------------------------------------------------------------- MADPOT: abnormal shots for MVTec AD data
+def _mvtec(root: Path) -> Path:
+    """ROOT/cat/{train/good, test/good, test/crack, ground_truth/crack}, tiny images."""
+    for folder in ("cat/train/good", "cat/test/good", "cat/test/crack", "cat/ground_truth/crack"):
+        (root / folder).mkdir(parents=True)
+        for i in range(3):
+            name = f"{i:03d}_mask.png" if folder.endswith("ground_truth/crack") else f"{i:03d}.png"
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(root / folder / name)
+    return root
+
+
+def test_madpot_abnormal_shots_reach_the_command_and_stay_under_the_data_root(tmp_path):
+    """`medot train madpot --abnormal-shots DIR` (MVTec AD data: normal-only training) from the Train
+    tab: shown for MADPOT only, confined to the data root, checked before queuing, passed to the job."""
+    commands: list = []
+    root = tmp_path / "data"
+    manager = _recording_manager(tmp_path / "home", root, commands)
+    shown = {f for f, u in zip(FIELD_ARGUMENTS, shown_fields(manager, "madpot")) if u["visible"]}
+    assert "abnormal_shots" in shown and "object" in shown
+    assert not any(dict(zip(FIELD_ARGUMENTS, shown_fields(manager, m)))["abnormal_shots"]["visible"]
+                   for m in manager.methods if m != "madpot")
+    _mvtec(root / "mvtec")
+    (root / "defects").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 200, np.uint8)).save(root / "defects" / f"d{i}.png")
+
+    def launch(dataset, folder, shots=2, method="madpot"):
+        submit_job(manager, method, dataset, "", shots, 1, 0, 1.0, 1.0, "auto", owner="session:a",
+                   abnormal_shots=folder)
+        deadline = __import__("time").monotonic() + 30
+        while not commands and __import__("time").monotonic() < deadline:
+            manager.refresh()
+            __import__("time").sleep(0.05)
+        return commands.pop()
+
+    command = launch("mvtec", " defects ")
+    assert f"--abnormal-shots={(root / 'defects').resolve()}" in command
+    parsed = build_parser().parse_args(command[3:])  # what `medot train madpot` reads from it
+    assert parsed.abnormal_shots == str((root / "defects").resolve()) and parsed.data == str((root / "mvtec").resolve())
+    assert "--abnormal-shots defects" in job_detail(manager, manager.list_jobs()[0].id, "session:a")[0]
+    plain = launch("mvtec", "", method="pradot")  # another method: the field is not passed
+    assert not any(a.startswith("--abnormal-shots") for a in plain)
+    queued = len(manager.list_jobs())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for folder, expected in [(str(outside), "outside the data root"), ("../outside", "outside the data root"),
+                             ("missing", "does not exist"), ("mvtec/cat/test/crack", "inside the test split"),
+                             ("", "training images are all normal")]:
+        message = _error(lambda: launch("mvtec", folder))
+        assert expected in message and "\n" not in message, (folder, message)
+    assert "fewer than the 3 shots" in _error(lambda: launch("mvtec", "defects", shots=3))
+    for dataset in ("synthetic", "pair"):  # MVFA data has its own abnormal shots
+        if dataset == "pair":
+            (root / "pair" / "Obj_AD" / "valid").mkdir(parents=True)
+        assert "for MVTec AD folders" in _error(lambda: launch(dataset, "defects"))
+    assert len(manager.list_jobs()) == queued  # nothing was queued

@@ -153,3 +153,41 @@ def test_sub_command_help_says_what_the_command_does_and_what_it_reads(capsys):
         assert exited.value.code == 0
         text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
         assert all(word in text for word in words), (argv, text)
+
+
+@pytest.mark.parametrize("argv", [
+    ["benchmark", "kmat", "--task", "synthetic", "--seeds", "1", "-1"],
+    ["benchmark", "madpot", "--data", "synthetic", "--seeds", "-1"],
+    ["eval", "linear", "--encoder", "lite", "--data", "synthetic", "--seeds", "-1"],
+    ["eval", "finetune", "--encoder", "lite", "--data", "synthetic", "--seeds", "2", "-3"],
+    ["train", "madpot", "--data", "synthetic", "--seed", "-1"],
+    ["train", "kmat", "--task", "synthetic", "--seed", "-1"],
+    ["train", "pradot", "--data", "synthetic", "--seed", "-1"],
+    ["train", "optiml", "--data", "synthetic", "--seed", "-1"],
+    ["synth", "--out", "never-written", "--seed", "-1"],
+    ["benchmark", "kmat", "--task", "synthetic", "--seeds", "4294967296"],
+    ["benchmark", "madpot", "--data", "synthetic", "--seeds", "1.5"],
+])
+def test_negative_or_fractional_seeds_are_refused_as_argparse_refuses_a_bad_value(argv, capsys):
+    """`medot benchmark kmat --seeds -1` ran with seed -1; every --seed / --seeds takes a whole number
+    in [0, 2^32 - 1] and refuses anything else with one error line and exit status 2."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "is not a seed: give a whole number from 0 to 4294967295" in errors[0], err
+    assert "--seed" in errors[0] and "Traceback" not in err
+
+
+def test_a_negative_seed_is_refused_by_the_console_script(tmp_path):
+    result = _run("benchmark", "kmat", "--task", "synthetic", "--seeds", "-1", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "argument --seeds: '-1' is not a seed" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    assert main_parses_seeds(["benchmark", "kmat", "--task", "synthetic", "--seeds", "0", str(2**32 - 1)]) == [0, 2**32 - 1]
+
+
+def main_parses_seeds(argv):
+    from medot.cli import build_parser
+
+    return build_parser().parse_args(argv).seeds

@@ -11,6 +11,9 @@ weights, tokenizer files), both built from random weights in well under a second
   named after the repository (or, with :func:`populate_hub_cache`, in a Hugging Face cache).
 * :func:`write_tiny_clip` - a native open_clip CLIP: ``VisionTransformer`` image tower and the
   causal text transformer with end-of-text pooling and the CLIP BPE tokenizer.
+
+:func:`write_biomedclip_dir` writes such a folder for any BiomedCLIP-structured config; the
+benchmarks use it for a full-size, random-weight BiomedCLIP (``benchmarks/biomedclip_shaped.py``).
 """
 
 from __future__ import annotations
@@ -74,10 +77,15 @@ def tiny_clip_config() -> dict:
     }
 
 
-def write_text_config(folder: Path) -> Path:
-    """Write the text tower's ``config.json`` (all-MiniLM-L6-v2 cut to 2 blocks) into ``folder``."""
+#: the tiny text tower: all-MiniLM-L6-v2 cut to 2 blocks
+TINY_TEXT_OVERRIDES = {"num_hidden_layers": 2}
+
+
+def write_text_config(folder: Path, overrides: dict | None = None) -> Path:
+    """Write the text tower's ``config.json`` into ``folder``: all-MiniLM-L6-v2's BERT config with
+    ``overrides`` (default :data:`TINY_TEXT_OVERRIDES`) applied."""
     config = json.loads((minilm_dir() / "config.json").read_text())
-    config["num_hidden_layers"] = 2
+    config.update(TINY_TEXT_OVERRIDES if overrides is None else overrides)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
     return folder
@@ -103,15 +111,25 @@ def _random_state(model_cfg: dict, seed: int) -> dict[str, torch.Tensor]:
 def write_tiny_biomedclip(folder: Path, *, text_config: bool = True, tokenizer: bool = True) -> Path:
     """A BiomedCLIP-shaped local-dir: config, ``open_clip_model.safetensors``, tokenizer files and
     the text tower's config in ``folder/all-MiniLM-L6-v2/`` (each part optional, to test errors)."""
+    return write_biomedclip_dir(folder, tiny_biomedclip_config(), TINY_TEXT_OVERRIDES,
+                                text_config=text_config, tokenizer=tokenizer)
+
+
+def write_biomedclip_dir(folder: Path, config: dict, text_overrides: dict, *, text_config: bool = True,
+                         tokenizer: bool = True, seed: int = 0) -> Path:
+    """A local-dir of BiomedCLIP's structure for the open_clip ``config`` (timm image tower, BERT text
+    tower named by ``text_cfg.hf_model_name``): the config, random weights in
+    ``open_clip_model.safetensors``, the all-MiniLM-L6-v2 tokenizer files and the text tower's
+    ``config.json`` (MiniLM's with ``text_overrides``) in ``folder/<text repository name>/``."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = tiny_biomedclip_config()
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     # the text tower is built from the local config.json; without ``text_config`` it is removed after,
     # as if it had not been downloaded
-    text_dir = write_text_config(folder / TINY_TEXT_REPO.split("/")[-1])
+    text_repo = config["model_cfg"]["text_cfg"]["hf_model_name"]
+    text_dir = write_text_config(folder / text_repo.split("/")[-1], text_overrides)
     build_cfg = json.loads(json.dumps(config["model_cfg"]))
     build_cfg["text_cfg"].update(hf_model_name=str(text_dir), hf_model_pretrained=False)
-    save_file(_random_state(build_cfg, seed=0), str(folder / "open_clip_model.safetensors"))
+    save_file(_random_state(build_cfg, seed=seed), str(folder / "open_clip_model.safetensors"))
     if not text_config:
         shutil.rmtree(text_dir)
     if tokenizer:

@@ -87,6 +87,8 @@ METHOD_ARGUMENTS: dict[str, Mapping[str, Argument]] = {
         "shots": Argument("int", 1, 1024),
         "method": Argument("choice", choices=("madpot", "mvfa")),
         "lr": Argument("float", 1e-8, 10.0),
+        # MVTec AD data (normal-only training): the folder of abnormal support images
+        "abnormal_shots": Argument("path"),
     },
     "optiml": {  # pretrains its own encoder: no --backbone
         **{name: argument for name, argument in TRAIN_ARGUMENTS.items() if name != "backbone"},
@@ -148,6 +150,9 @@ def validate_arguments(
     }
     if method == "optiml" and checked.get("method") == "vicreg" and set(checked.get("stages", [4])) != {4}:
         raise JobError("stages: vicreg has no dense terms, so stages other than 4 do not apply")
+    if method == "madpot" and "abnormal_shots" in checked and checked.get("dataset") == SYNTHETIC:
+        raise JobError("abnormal_shots is for MVTec AD folders (normal-only training): the synthetic set is MVFA-layout "
+                       "data with its own abnormal shots (<Obj>_AD/valid/Ungood); leave it empty")
     return checked
 
 

@@ -11,6 +11,11 @@ backbone loaded) with the same functions the method's command uses:
   cross-modal task; with descriptions when the chosen method needs them;
 * ``pradot`` - :func:`medot.methods.pradot.data.anomaly_classes` and ``load_anomaly_splits``: an
   MVTec AD / MVFA folder holding one category or object (a job has no ``--category``).
+* ``madpot`` - :func:`medot.data.datasets.detect_layout`: an MVFA folder (``--object`` one of its
+  objects, needed when it holds several), or an MVTec AD folder with ``abnormal_shots`` (training
+  there is normal-only, and MADPOT / MVFA need k abnormal support images): a folder of images
+  (``<folder>/<object>/`` when it exists, as ``medot.methods.madpot.data.abnormal_shot_records``
+  reads it), at least ``shots`` of them, outside every category's test split.
 
 ``synthetic`` is always accepted (written on first use); methods without a check pass.
 """
@@ -61,7 +66,44 @@ def _pradot(arguments: Mapping[str, Any], home: Path, data_root: Path) -> None: 
         raise JobError(f"{dataset}: no normal training images for {names[0]!r}")
 
 
-DATASET_CHECKS: dict[str, Callable[[Mapping[str, Any], Path, Path], None]] = {"kmat": _kmat, "pradot": _pradot}
+def _madpot(arguments: Mapping[str, Any], home: Path, data_root: Path) -> None:  # noqa: ARG001 - same signature
+    from medot.data.datasets import MVFA, MVTEC, _images, detect_layout
+
+    dataset, folder, obj = arguments["dataset"], arguments.get("abnormal_shots"), arguments.get("object")
+    layout = detect_layout(dataset)
+    if layout.kind not in (MVFA, MVTEC):
+        raise JobError(f"{dataset} is a {layout.kind.replace('_', ' ')} dataset; a MADPOT job needs an MVFA folder "
+                       "(<Obj>_AD/{valid,test}) or an MVTec AD folder (<category>/train/good, test/<defect>)")
+    if obj is not None and obj not in layout.names:
+        raise JobError(f"{dataset} has no object {obj!r}; it has {', '.join(layout.names)}")
+    if obj is None and len(layout.names) > 1:
+        raise JobError(f"{dataset} holds {len(layout.names)} objects ({', '.join(layout.names)}): type one as the object")
+    obj = obj or layout.names[0]
+    if layout.kind == MVFA:
+        if folder is not None:
+            raise JobError(f"abnormal_shots is for MVTec AD folders (normal-only training): {dataset} is an MVFA folder "
+                           "with its own abnormal shots (<Obj>_AD/valid/Ungood); leave it empty")
+        return
+    if folder is None:
+        raise JobError(f"{dataset} is an MVTec AD folder: its training images are all normal, and MADPOT / MVFA need "
+                       "k abnormal support images as well: give a folder of abnormal images under the data root, "
+                       "outside the test split (abnormal_shots)")
+    folder = Path(folder)
+    if (folder / obj).is_dir():
+        folder = folder / obj
+    if not folder.is_dir():
+        raise JobError(f"abnormal_shots: {folder} is not a folder")
+    for category in layout.names:
+        test = (Path(dataset) / category / "test").resolve()
+        if folder.resolve().is_relative_to(test):
+            raise JobError(f"abnormal_shots: {folder} is inside the test split {test}: training on test images would "
+                           "leak them into the model; copy abnormal images that are not in the test split to another folder")
+    images, shots = len(_images(folder)), int(arguments.get("shots", 4))  # 4: `medot train madpot`'s default
+    if images < shots:
+        raise JobError(f"abnormal_shots: {folder} holds {images} images (png, jpg, ...), fewer than the {shots} shots")
+
+
+DATASET_CHECKS: dict[str, Callable[[Mapping[str, Any], Path, Path], None]] = {"kmat": _kmat, "pradot": _pradot, "madpot": _madpot}
 
 
 def check_job_dataset(method: str, arguments: Mapping[str, Any] | str | None, home: Path, data_root: Path) -> None:

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from medot.cli import seed_type
 from medot.launch import mark_distributed
 
 DEFAULT_BENCHMARK_METHODS = "zeroshot,zeroshot_desc,coop,cocoop,kgcoop,biomedcoop,kmat"
@@ -45,7 +46,7 @@ def register(commands, train_methods, benchmark_methods) -> None:
     _add_common(train)
     train.add_argument("--method", default="kmat", help="kmat (default), coop, cocoop, kgcoop or biomedcoop")
     train.add_argument(
-        "--seed", type=int, default=1, help="seed of the k-shot draw, views and initialisation (default: 1)"
+        "--seed", type=seed_type, default=1, help="seed of the k-shot draw, views and initialisation (default: 1)"
     )
     train.add_argument("--resume", action="store_true", help="continue an interrupted run (or lambda grid) from --out")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -63,7 +64,7 @@ def register(commands, train_methods, benchmark_methods) -> None:
     benchmark.add_argument(
         "--methods", default=DEFAULT_BENCHMARK_METHODS, help=f"comma-separated (default: {DEFAULT_BENCHMARK_METHODS})"
     )
-    benchmark.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default: 1 2 3)")
+    benchmark.add_argument("--seeds", type=seed_type, nargs="+", default=[1, 2, 3], help="seeds (default: 1 2 3)")
     benchmark.add_argument(
         "--resume", action="store_true", help="continue an interrupted benchmark from --out (finished runs are kept)"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from medot.cli import seed_type
 from medot.launch import mark_single_process
 
 SINGLE_PROCESS = "MADPOT trains few-shot adapters on a handful of cached images; one process is enough"
@@ -29,7 +30,7 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
     _add_data_options(train)
     train.add_argument("--object", default=None, help="the MVFA object to test on (needed when the folder holds several)")
     train.add_argument("--shots", type=int, default=4, help="k normal and k abnormal support images (default: 4)")
-    train.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    train.add_argument("--seed", type=seed_type, default=1, help="random seed (default: 1)")
     train.add_argument("--method", choices=("madpot", "mvfa"), default="madpot", help="model to train (default: madpot)")
     train.add_argument("--object-name", default=None,
                        help="the object's name in prompts (default: known MVFA names, e.g. Brain -> 'brain MRI', "
@@ -59,7 +60,7 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
     _add_data_options(benchmark)
     benchmark.add_argument("--objects", nargs="+", default=None, help="objects to run (default: all)")
     benchmark.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8, 16], help="k values (default: 2 4 8 16)")
-    benchmark.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default: 1 2 3)")
+    benchmark.add_argument("--seeds", type=seed_type, nargs="+", default=[1, 2, 3], help="seeds (default: 1 2 3)")
     benchmark.add_argument("--methods", default="madpot,mvfa,zeroshot,patchcore",
                            help="comma-separated methods (default: madpot,mvfa,zeroshot,patchcore)")
     benchmark.add_argument("--zero-shot", action="store_true",

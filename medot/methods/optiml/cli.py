@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medot.cli import seed_type
 from medot.launch import mark_distributed
 
 METHOD_CHOICES = ("optiml", "vicreg", "vicregl")
@@ -73,7 +74,7 @@ def register(commands: Any, train_methods: Any, benchmark_methods: Any) -> None:
     train.add_argument("--lr", type=float, default=None, help="LARS learning rate (default: 0.2 x global batch / 256)")
     train.add_argument("--weight-decay", type=float, default=1e-6, help="weight decay (default: 1e-6)")
     train.add_argument("--warmup-epochs", type=int, default=2, help="linear warm-up epochs (default: 2)")
-    train.add_argument("--seed", type=int, default=0, help="seed of initialisation, order and views (default: 0)")
+    train.add_argument("--seed", type=seed_type, default=0, help="seed of initialisation, order and views (default: 0)")
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     train.add_argument("--out", default=None, help="output folder (default: $MEDOT_HOME/models/optiml/<method>-<encoder>)")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")

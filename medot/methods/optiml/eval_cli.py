@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medot.cli import seed_type
 from medot.launch import mark_single_process
 
 BUILTIN_ENCODERS = ("lite", "resnet18", "resnet50", "tiny")
@@ -45,7 +46,7 @@ def register(commands: Any) -> None:
             "--fractions", type=float, nargs="+", default=[1.0, 10.0, 100.0],
             help="label fractions in percent of the training images (default: 1 10 100)",
         )
-        parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default: 1 2 3)")
+        parser.add_argument("--seeds", type=seed_type, nargs="+", default=[1, 2, 3], help="seeds (default: 1 2 3)")
         parser.add_argument("--epochs", type=int, default=100, help="epochs at most (default: 100)")
         parser.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: 10)")
         parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from medot.cli import seed_type
 from medot.launch import mark_single_process
 
 PREDICT_COMMAND = "predict-anomaly"
@@ -149,7 +150,7 @@ def _add_pradot_options(parser: argparse.ArgumentParser) -> None:
                         help="start every Sinkhorn solve cold (default: from the previous step's potentials)")
     parser.add_argument("--ema", type=float, default=None, help="EMA momentum of the prototypes (default: 0.95)")
     parser.add_argument("--update-positions", action="store_true", help="let prototype positions follow an EMA too")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=seed_type, default=0, help="random seed (default: 0)")
 
 
 def _config(args: argparse.Namespace, backbone: Any, device: str = "cpu"):
