@@ -15,8 +15,10 @@ reset`` (activations, gradients, LARS state, allocator caches of the warm-up and
 building the model peaked higher). ``tracemalloc`` is not used: it sees only Python's allocator,
 not torch's C++ tensor allocations, so it would report almost nothing.
 (d) **probe table** (``--probe``): pretrain each method on the synthetic pool for ``--epochs``, then
-``medot eval linear`` at 10 % and 100 % labels, seeds 1 2 3; plus the untrained encoder ("init").
-Reported as measured, never tuned to.
+``medot eval linear`` at 10 % and 100 % labels, seeds 1 2 3; plus the untrained encoder ("init")
+and, with ``--lite``, the ImageNet-initialised ``lite`` tower on the same probe set and image size
+(the reference that shows the probe set and the probe can separate the classes at all). Reported
+as measured, never tuned to.
 
 Run from the repository root::
 
@@ -25,6 +27,7 @@ Run from the repository root::
     python -m benchmarks.optiml_bench --batches 4 8 16 --steps 3    # as in benchmarks/README.md
     python -m benchmarks.optiml_bench --stages 3 4 --encoders resnet18   # dense terms on two stages
     python -m benchmarks.optiml_bench --probe --encoder resnet18 --image-size 96 --epochs 10
+    python -m benchmarks.optiml_bench --probe --encoder resnet18 --image-size 64 --epochs 2 --batch 32 --pool 96 --lite
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ def probe_table(args: argparse.Namespace) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = write_pretraining_set(Path(tmp) / "syn", n_pool=args.pool, n_per_class=30, size=args.image_size + 32, progress=False)
-        encoders = {"init": args.encoder}
+        encoders = {"init": args.encoder, **({"lite (ImageNet init)": "lite"} if args.lite else {})}
         for method in ("vicreg", "vicregl", "optiml"):
             out = Path(tmp) / method
             argv = ["train", "optiml", "--data", str(data.pool), "--method", method, "--encoder", args.encoder,
@@ -169,6 +172,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="(d) pretraining epochs")
     parser.add_argument("--batch", type=int, default=32, help="(d) pretraining batch")
     parser.add_argument("--pool", type=int, default=300, help="(d) synthetic pool size")
+    parser.add_argument("--lite", action="store_true", help="(d) also probe the ImageNet-initialised lite tower")
     parser.add_argument("--worker", nargs=3, metavar=("ENCODER", "BATCH", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -176,7 +180,11 @@ def main() -> None:
         print(json.dumps(measure(encoder, int(batch), int(steps), SIZE, args.device, tuple(args.stages))))
         return
     if args.probe:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, load average before: "
+              f"{open('/proc/loadavg').read().split()[:3]}", flush=True)
         probe_table(args)
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, load average after: "
+              f"{open('/proc/loadavg').read().split()[:3]}", flush=True)
         return
     batches, steps = ([4], 3) if args.quick else (args.batches, args.steps)
     print(f"load average before: {open('/proc/loadavg').read().split()[:3]}", flush=True)
